@@ -36,6 +36,7 @@ class SerialChain:
                                  'a serial chain needs 1-DoF joints')
         # Continuous joints are stored by pinocchio as (cos, sin): nq=2, nv=1.
         self._continuous = np.array([j.nq == 2 for j in model.joints[1:]])
+        self._any_continuous = bool(self._continuous.any())
         self._idx_q = np.array([j.idx_q for j in model.joints[1:]])
         lower = np.full(self.dof, -np.inf)
         upper = np.full(self.dof, np.inf)
@@ -84,11 +85,14 @@ class SerialChain:
         return self.model.getFrameId(frame)
 
     # -- configuration conversions -------------------------------------------------------
-    def to_q(self, positions: Sequence[float] | np.ndarray) -> np.ndarray:
-        """Joint positions (one per joint, rad or m) to pinocchio's configuration vector."""
-        x = self.check_positions(positions)
-        if not self._continuous.any():
-            return x.copy()
+    def to_q(self, positions: Sequence[float] | np.ndarray, check: bool = True) -> np.ndarray:
+        """Joint positions (one per joint, rad or m) to pinocchio's configuration vector.
+
+        ``check=False`` skips validation, for inner loops whose input is already valid.
+        """
+        x = self.check_positions(positions) if check else positions
+        if not self._any_continuous:
+            return np.array(x, dtype=float)
         q = np.zeros(self.model.nq)
         for i, idx in enumerate(self._idx_q):
             if self._continuous[i]:
@@ -99,7 +103,7 @@ class SerialChain:
 
     def from_q(self, q: np.ndarray) -> np.ndarray:
         """Pinocchio's configuration vector to one position per joint."""
-        if not self._continuous.any():
+        if not self._any_continuous:
             return np.array(q, dtype=float)
         x = np.empty(self.dof)
         for i, idx in enumerate(self._idx_q):
