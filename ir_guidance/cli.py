@@ -55,9 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ir_guidance.bench import kinematics
-
     from ir_guidance import config
+    from ir_guidance.bench import kinematics
 
     chain, home = _chain_and_home(args)
     ik_kwargs = {**config.load()['kinematics'], 'axis_local': tuple(args.axis)}

@@ -10,6 +10,7 @@ minimum. Failure is never silent: the result says why the target was not reached
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,32 +26,44 @@ class UnreachableError(RuntimeError):
 
 @dataclass(frozen=True)
 class NeedlePose:
-    """Needle tip ``position`` (m) and unit insertion ``axis``, both in the base frame."""
+    """Needle tip ``position`` (m) and unit insertion ``axis``, both in the base frame.
+
+    Validated on construction: finite 3-vectors, and the axis is normalised, so that no
+    solver downstream ever sees NaN or a scaled axis.
+    """
 
     position: np.ndarray
     axis: np.ndarray
 
-    @classmethod
-    def make(cls, position: np.ndarray | list[float], axis: np.ndarray | list[float]
-             ) -> NeedlePose:
-        p = np.asarray(position, dtype=float)
-        a = np.asarray(axis, dtype=float)
+    def __post_init__(self) -> None:
+        p = np.asarray(self.position, dtype=float)
+        a = np.asarray(self.axis, dtype=float)
         if p.shape != (3,) or a.shape != (3,):
             raise ValueError(f'position and axis must be 3-vectors, got {p.shape}, {a.shape}')
         if not (np.all(np.isfinite(p)) and np.all(np.isfinite(a))):
             raise ValueError(f'needle pose not finite: position {p}, axis {a}')
-        norm = np.linalg.norm(a)
+        norm = float(np.linalg.norm(a))
         if norm < 1e-9:
             raise ValueError('needle axis has zero length')
-        return cls(p, a / norm)
+        object.__setattr__(self, 'position', p)
+        object.__setattr__(self, 'axis', a / norm)
+
+    @classmethod
+    def make(cls, position: np.ndarray | list[float], axis: np.ndarray | list[float]
+             ) -> NeedlePose:
+        """Build from any 3-sequences (kept for readability at call sites)."""
+        return cls(np.asarray(position, dtype=float), np.asarray(axis, dtype=float))
 
     @classmethod
     def from_transform(cls, transform: np.ndarray, axis_local: np.ndarray) -> NeedlePose:
-        return cls.make(transform[:3, 3], transform[:3, :3] @ axis_local)
+        """The needle pose of a frame whose needle axis is ``axis_local`` in that frame."""
+        return cls(transform[:3, 3], transform[:3, :3] @ axis_local)
 
 
 @dataclass(frozen=True)
 class IkResult:
+    """Outcome of one IK request; ``reason`` says why when ``success`` is False."""
+
     success: bool
     positions: np.ndarray
     position_error_m: float
@@ -83,26 +96,36 @@ class NeedleIk:
         self._lo = np.where(np.isfinite(lower), lower, -np.pi)
         self._hi = np.where(np.isfinite(upper), upper, np.pi)
 
-    def solve(self, target: NeedlePose, start: np.ndarray) -> IkResult:
+    def solve(self, target: NeedlePose, start: np.ndarray, frozen: Sequence[str] = (),
+              restarts: int | None = None) -> IkResult:
         """Solve from ``start``; restart from seeded random configurations if needed.
 
-        The restart sequence depends only on ``seed``, so a given target and start always
-        give the same answer.
+        Joints named in ``frozen`` keep their ``start`` value (e.g. the needle stage while
+        the arm aligns). ``restarts`` overrides the configured count; 0 keeps the answer
+        on the branch of ``start``, for paths that must be continuous. The restart
+        sequence depends only on ``seed``: a given request always gets the same answer.
         """
-        start = self.chain.check_positions(start)
-        world = self.chain.world_to_base().inverse()  # base -> world (pinocchio's frame)
+        chain = self.chain
+        start = chain.check_positions(start)
+        lower, upper = chain.lower, chain.upper
+        if frozen:
+            idx = [self._joint_index(name) for name in frozen]
+            lower, upper = lower.copy(), upper.copy()
+            lower[idx] = upper[idx] = start[idx]
+        world = chain.world_to_base().inverse()  # base -> world (pinocchio's frame)
         p_goal = world.act(target.position)
         a_goal = world.rotation @ target.axis
         rng: np.random.Generator | None = None  # made on the first restart: it costs ~50 us
         best: tuple[float, np.ndarray, float, float] | None = None
         total_iters = 0
-        for attempt in range(self.restarts + 1):
+        starts = self.restarts + 1 if restarts is None else restarts + 1
+        for attempt in range(starts):
             if attempt == 0:
-                x0 = self.chain.clip(start)
+                x0 = np.clip(start, lower, upper)
             else:
                 rng = rng or np.random.default_rng(self.seed)
-                x0 = rng.uniform(self._lo, self._hi)
-            x, pos_err, ang_err, iters = self._descend(p_goal, a_goal, x0)
+                x0 = np.clip(rng.uniform(self._lo, self._hi), lower, upper)
+            x, pos_err, ang_err, iters = self._descend(p_goal, a_goal, x0, lower, upper)
             total_iters += iters
             if pos_err <= self.pos_tol and ang_err <= self.axis_tol:
                 return IkResult(True, x, pos_err, ang_err, total_iters, attempt, 'converged')
@@ -112,19 +135,24 @@ class NeedleIk:
         assert best is not None
         _, x, pos_err, ang_err = best
         reason = (f'unreachable: best tip error {pos_err * 1e3:.3f} mm, axis error '
-                  f'{np.degrees(ang_err):.3f} deg after {self.restarts + 1} starts '
-                  'within joint limits')
-        return IkResult(False, x, pos_err, ang_err, total_iters, self.restarts, reason)
+                  f'{np.degrees(ang_err):.3f} deg after {starts} starts within joint limits')
+        return IkResult(False, x, pos_err, ang_err, total_iters, starts - 1, reason)
 
-    def solve_or_raise(self, target: NeedlePose, start: np.ndarray) -> np.ndarray:
+    def _joint_index(self, name: str) -> int:
+        if name not in self.chain.joint_names:
+            raise ValueError(f'unknown joint {name!r}; chain joints: {self.chain.joint_names}')
+        return self.chain.joint_names.index(name)
+
+    def solve_or_raise(self, target: NeedlePose, start: np.ndarray, frozen: Sequence[str] = (),
+                       restarts: int | None = None) -> np.ndarray:
         """Joint positions reaching ``target``, or :class:`UnreachableError` with the reason."""
-        result = self.solve(target, start)
+        result = self.solve(target, start, frozen, restarts)
         if not result.success:
             raise UnreachableError(result.reason)
         return result.positions
 
-    def _descend(self, p_goal: np.ndarray, a_goal: np.ndarray, x0: np.ndarray
-                 ) -> tuple[np.ndarray, float, float, int]:
+    def _descend(self, p_goal: np.ndarray, a_goal: np.ndarray, x0: np.ndarray,
+                 lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, float, float, int]:
         """Levenberg-Marquardt from ``x0``; a step is kept only if it lowers the error.
 
         This is the hot loop of every plan, so it calls pinocchio and LAPACK directly and
@@ -132,7 +160,6 @@ class NeedleIk:
         overhead, more than the kinematics itself.
         """
         model, data, tip = self.chain.model, self.chain.data, self.chain.tip_id
-        lower, upper = self.chain.lower, self.chain.upper
         to_q = self.chain.to_q
         x = x0.copy()
         q = to_q(x, check=False)
@@ -199,21 +226,22 @@ class NeedleIk:
         return np.concatenate((dp, da)), axis, float(dp @ dp), float(da @ da)
 
     def straight_line(self, start: np.ndarray, distance: float, steps: int,
-                      stage_joint: str | None = None) -> np.ndarray:
+                      stage_joint: str | None = None, frozen: Sequence[str] = ()
+                      ) -> np.ndarray:
         """Joint waypoints that move the tip ``distance`` (m) along the needle axis.
 
         With ``stage_joint`` (a prismatic joint whose axis is the needle axis) only the
-        stage moves; otherwise the arm follows the line by IK from waypoint to waypoint.
-        Returns ``(steps + 1, dof)``; raises :class:`UnreachableError` if any is not.
+        stage moves. Otherwise the arm follows the line by IK from waypoint to waypoint,
+        never moving the joints in ``frozen`` (pass the stage there to keep it still) and
+        never restarting, so the path stays on one IK branch. Returns
+        ``(steps + 1, dof)``; raises :class:`UnreachableError` if a waypoint is not.
         """
         x = self.chain.check_positions(start)
         if steps < 1 or not np.isfinite(distance):
             raise ValueError(f'need steps >= 1 and a finite distance, got {steps}, {distance}')
         fractions = np.linspace(0.0, 1.0, steps + 1)
         if stage_joint is not None:
-            if stage_joint not in self.chain.joint_names:
-                raise ValueError(f'stage joint {stage_joint!r} not in {self.chain.joint_names}')
-            i = self.chain.joint_names.index(stage_joint)
+            i = self._joint_index(stage_joint)
             path = np.repeat(x[None, :], steps + 1, axis=0)
             path[:, i] = x[i] + fractions * distance
             if not (self.chain.within_limits(path[0]) and self.chain.within_limits(path[-1])):
@@ -225,7 +253,7 @@ class NeedleIk:
         path = [x]
         for f in fractions[1:]:
             goal = NeedlePose(origin.position + f * distance * origin.axis, origin.axis)
-            path.append(self.solve_or_raise(goal, path[-1]))
+            path.append(self.solve_or_raise(goal, path[-1], frozen, restarts=0))
         return np.array(path)
 
 
