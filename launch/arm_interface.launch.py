@@ -23,6 +23,8 @@ def generate_launch_description():
     xacro_file = os.path.join(share, config['robot']['urdf_xacro'])
     params = dict(config['arm_interface'])
     params['command_interface'] = LaunchConfiguration('command_interface')
+    # robot_state_publisher below publishes every frame: a second broadcaster would clash.
+    params['publish_tf'] = False
     return LaunchDescription([
         DeclareLaunchArgument('command_interface',
                               default_value=config['arm_interface']['command_interface'],
