@@ -45,6 +45,7 @@ setup(
         'console_scripts': [
             'ir-guidance = ir_guidance.cli:main',
             'arm_interface = ir_guidance.nodes.arm_interface:main',
+            'sim = ir_guidance.nodes.sim:main',
         ],
     },
 )

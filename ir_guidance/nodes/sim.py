@@ -1,0 +1,284 @@
+"""sim: the embedded simulator as a ROS 2 node (a thin adapter over ir_guidance.sim).
+
+Publishes ``/clock`` (sim time), ``/joint_states`` and the F/T wrench every tick, the
+ultrasound, NIR and depth images with the camera info on their own schedules, and the
+ground truth under ``/sim/ground_truth/``; takes ros2_control-style position commands
+on the topic named in ``config/``. Two modes:
+
+- ``realtime``: a wall-clock timer advances as many ticks as wall time has passed.
+- ``lockstep``: tick k+1 runs only after every registered controller has acknowledged
+  tick k (``lockstep_ack``: a Header whose frame_id is the controller's name and whose
+  stamp is tick k's time). Controllers register by publishing their name on
+  ``lockstep_register``. With no controller registered the sim holds still: a lockstep
+  run never advances unobserved.
+
+A bad command (wrong joint count, NaN, outside limits) is refused with a reason on
+``/sim/status`` and the arm keeps tracking the last good command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+from ir_guidance import config, ros_env
+from ir_guidance.nodes.conversions import fill_pose, message_class, qos_profile
+from ir_guidance.sim.phantom import Phantom
+from ir_guidance.sim.simulator import SimCommandError, SimSettings, Simulator, TickOutput
+
+NODE_NAME = 'sim'
+MODES = ('realtime', 'lockstep')
+REALTIME_TIMER_HZ = 250.0
+MAX_CATCH_UP_TICKS = 50       # realtime: never run more than this per timer callback
+GROUND_TRUTH_DECIMATION = 10  # tip pose / in-lumen at physics_hz / 10, events at once
+VESSEL_MARKER_PERIOD_S = 1.0
+
+
+def load_phantom(spec: str) -> Phantom:
+    """A phantom from a YAML path (relative paths: the package share) or ``random:SEED``."""
+    if spec.startswith('random:'):
+        return Phantom.random(int(spec.split(':', 1)[1]))
+    path = config.share_dir() / spec if not spec.startswith('/') else spec
+    return Phantom.from_yaml(path)
+
+
+def stamp_msg(seconds: float) -> Any:
+    """A ``builtin_interfaces/Time`` for sim time ``seconds``."""
+    msg = message_class('builtin_interfaces/msg/Time')()
+    nanoseconds = round(seconds * 1e9)
+    msg.sec, msg.nanosec = divmod(nanoseconds, 1_000_000_000)
+    return msg
+
+
+def image_msg(image: np.ndarray, encoding: str, frame_id: str, stamp: Any) -> Any:
+    """A ``sensor_msgs/Image`` holding ``image`` (mono8 or 16UC1)."""
+    msg = message_class('sensor_msgs/msg/Image')()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = image.shape[:2]
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = image.strides[0]
+    msg.data = np.ascontiguousarray(image).tobytes()
+    return msg
+
+
+class SimNode(Node):
+    """Owns a :class:`Simulator`; publishes its outputs and feeds it commands."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        section = config.load()['sim']
+        self.declare_parameter('phantom', section['phantom'])
+        self.declare_parameter('seed', int(section['seed']))
+        self.declare_parameter('mode', section['mode'])
+        self.declare_parameter('lockstep_warn_s', float(section['lockstep_warn_s']))
+        for key in ('physics_hz', 'us_hz', 'nir_hz'):
+            self.declare_parameter(key, float(section[key]))
+        self.declare_parameter('sensors', True)
+        value = {p: self.get_parameter(p).value for p in (
+            'phantom', 'seed', 'mode', 'physics_hz', 'us_hz', 'nir_hz', 'sensors',
+            'lockstep_warn_s')}
+        if value['mode'] not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {value['mode']!r}")
+        phantom = load_phantom(value['phantom'])
+        settings = SimSettings(seed=value['seed'], physics_hz=value['physics_hz'],
+                               us_hz=value['us_hz'], nir_hz=value['nir_hz'],
+                               sensors=value['sensors'])
+        self.sim = Simulator(phantom, settings)
+        self.mode = value['mode']
+        self.lockstep_warn_s = value['lockstep_warn_s']
+        self.frames = config.load()['frames']
+        self._pub = {key: self._publisher(key) for key in (
+            'clock', 'joint_states', 'ft_wrench', 'us_image', 'nir_image', 'nir_depth',
+            'nir_camera_info', 'gt_vessels', 'gt_needle_tip', 'gt_tip_in_lumen',
+            'sim_status')}
+        self._subscribe('position_commands', self._on_command)
+        self._camera_info = self._make_camera_info()
+        self._last_markers = -np.inf
+        self._controllers: set[str] = set()
+        self._acked: set[str] = set()
+        self._waiting_since = time.monotonic()
+        if self.mode == 'lockstep':
+            self._subscribe('lockstep_register', self._on_register)
+            self._subscribe('lockstep_ack', self._on_ack)
+            self._watchdog = self.create_timer(0.5, self._check_lockstep)
+        else:
+            self._wall_start = time.monotonic()
+            self._timer = self.create_timer(1.0 / REALTIME_TIMER_HZ, self._on_realtime_timer)
+        self._status(f'OK: {self.mode} simulation of {len(phantom.veins)} vein(s), '
+                     f'seed {settings.seed}')
+        self._publish_tick(None)
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _publisher(self, key: str) -> Any:
+        spec = config.topic(key)
+        return self.create_publisher(message_class(spec['type']), spec['name'],
+                                     qos_profile(spec['qos']))
+
+    def _subscribe(self, key: str, callback: Any) -> Any:
+        spec = config.topic(key)
+        return self.create_subscription(message_class(spec['type']), spec['name'], callback,
+                                        qos_profile(spec['qos']))
+
+    def _status(self, text: str) -> None:
+        msg = message_class('std_msgs/msg/String')()
+        msg.data = text
+        self._pub['sim_status'].publish(msg)
+
+    def _make_camera_info(self) -> Any:
+        info = self.sim.nir.camera_info()
+        msg = message_class('sensor_msgs/msg/CameraInfo')()
+        msg.header.frame_id = self.frames['camera_optical']
+        msg.width, msg.height = int(info['width']), int(info['height'])
+        msg.distortion_model = 'plumb_bob'
+        msg.d = [float(v) for v in info['D']]
+        k = np.asarray(info['K'], dtype=float)
+        msg.k = k.ravel().tolist()
+        msg.r = np.eye(3).ravel().tolist()
+        msg.p = np.hstack((k, np.zeros((3, 1)))).ravel().tolist()
+        return msg
+
+    # -- commands -------------------------------------------------------------------------
+    def _on_command(self, msg: Any) -> None:
+        try:
+            self.sim.command(np.asarray(msg.data, dtype=float))
+        except SimCommandError as error:
+            text = f'REFUSED: command ignored, holding the last one ({error})'
+            self.get_logger().error(text, throttle_duration_sec=1.0)
+            self._status(text)
+
+    # -- stepping -------------------------------------------------------------------------
+    def _on_realtime_timer(self) -> None:
+        due = round((time.monotonic() - self._wall_start) * self.sim.settings.physics_hz)
+        for _ in range(min(MAX_CATCH_UP_TICKS, due - self.sim.tick)):
+            self._publish_tick(self.sim.step())
+
+    def _on_register(self, msg: Any) -> None:
+        name = msg.data.strip()
+        if not name or name in self._controllers:
+            return
+        self._controllers.add(name)
+        self._status(f'OK: controller {name!r} registered for lockstep')
+        self._acked.add(name)  # it has "answered" the current tick by registering
+        self._advance_if_answered()
+
+    def _on_ack(self, msg: Any) -> None:
+        name = msg.frame_id
+        stamp = msg.stamp.sec + msg.stamp.nanosec * 1e-9
+        if name not in self._controllers:
+            return
+        if abs(stamp - self.sim.time_s) > 0.5 * self.sim.dt:
+            return  # an ack for another tick (late or early): not an answer to this one
+        self._acked.add(name)
+        self._advance_if_answered()
+
+    def _advance_if_answered(self) -> None:
+        if self._controllers and self._acked >= self._controllers:
+            self._acked = set()
+            self._waiting_since = time.monotonic()
+            self._publish_tick(self.sim.step())
+
+    def _check_lockstep(self) -> None:
+        waited = time.monotonic() - self._waiting_since
+        if waited < self.lockstep_warn_s:
+            return
+        missing = sorted(self._controllers - self._acked) or ['(no controller registered)']
+        self._status(f'WAITING: lockstep tick {self.sim.tick} for {waited:.1f} s on {missing}')
+
+    # -- publishing -----------------------------------------------------------------------
+    def _publish_tick(self, out: TickOutput | None) -> None:
+        stamp = stamp_msg(self.sim.time_s)
+        clock = message_class('rosgraph_msgs/msg/Clock')()
+        clock.clock = stamp
+        self._pub['clock'].publish(clock)
+        if out is None:
+            return
+        joints = message_class('sensor_msgs/msg/JointState')()
+        joints.header.stamp = stamp
+        joints.name = list(self.sim.joint_names)
+        joints.position = out.joint_positions.tolist()
+        joints.velocity = out.joint_velocities.tolist()
+        self._pub['joint_states'].publish(joints)
+        wrench = message_class('geometry_msgs/msg/WrenchStamped')()
+        wrench.header.stamp = stamp
+        wrench.header.frame_id = self.frames['ft_sensor']
+        f, tq = wrench.wrench.force, wrench.wrench.torque
+        f.x, f.y, f.z, tq.x, tq.y, tq.z = (float(v) for v in out.wrench)
+        self._pub['ft_wrench'].publish(wrench)
+        if out.us_image is not None:
+            self._pub['us_image'].publish(
+                image_msg(out.us_image, 'mono8', self.frames['us_image'], stamp))
+        if out.nir_image is not None:
+            frame = self.frames['camera_optical']
+            self._pub['nir_image'].publish(image_msg(out.nir_image, 'mono8', frame, stamp))
+            self._pub['nir_depth'].publish(image_msg(out.depth_image, '16UC1', frame, stamp))
+            self._camera_info.header.stamp = stamp
+            self._pub['nir_camera_info'].publish(self._camera_info)
+        self._publish_truth(out, stamp)
+
+    def _publish_truth(self, out: TickOutput, stamp: Any) -> None:
+        truth = out.truth
+        if out.tick % GROUND_TRUTH_DECIMATION == 0 or truth.events:
+            pose = message_class('geometry_msgs/msg/PoseStamped')()
+            pose.header.stamp = stamp
+            pose.header.frame_id = self.frames['base']
+            fill_pose(pose.pose, truth.needle_tip)
+            self._pub['gt_needle_tip'].publish(pose)
+            flag = message_class('std_msgs/msg/Bool')()
+            flag.data = truth.tip_in_lumen
+            self._pub['gt_tip_in_lumen'].publish(flag)
+        for event in truth.events:
+            self._status(f'EVENT: {event} at t={out.time_s:.3f} s')
+        if out.time_s - self._last_markers >= VESSEL_MARKER_PERIOD_S:
+            self._last_markers = out.time_s
+            self._pub['gt_vessels'].publish(self._vessel_markers(stamp))
+
+    def _vessel_markers(self, stamp: Any) -> Any:
+        """Each vein's true centreline as a LINE_STRIP whose width is its diameter."""
+        marker_cls = message_class('visualization_msgs/msg/Marker')
+        point_cls = message_class('geometry_msgs/msg/Point')
+        array = message_class('visualization_msgs/msg/MarkerArray')()
+        phantom = self.sim.phantom
+        ys = np.linspace(phantom.center_y - phantom.length / 2,
+                         phantom.center_y + phantom.length / 2, 61)
+        for i, vein in enumerate(phantom.veins):
+            marker = marker_cls()
+            marker.header.stamp = stamp
+            marker.header.frame_id = self.frames['base']
+            marker.ns = 'ground_truth_veins'
+            marker.id = i
+            marker.type = marker_cls.LINE_STRIP
+            marker.action = marker_cls.ADD
+            marker.pose.orientation.w = 1.0
+            marker.scale.x = float(vein.width)
+            marker.color.r, marker.color.b, marker.color.a = 0.2, 0.9, 0.8
+            for x, y, z in phantom.centerline(i, ys, self.sim.state):
+                marker.points.append(point_cls(x=float(x), y=float(y), z=float(z)))
+            array.markers.append(marker)
+        return array
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the simulator node until Ctrl-C; a bad parameter or phantom exits with 1."""
+    ros_env.configure()
+    rclpy.init(args=args)
+    node = None
+    try:
+        with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):
+            node = SimNode()
+            rclpy.spin(node)
+    except (ValueError, OSError) as error:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start the simulator: {error}')
+        return 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
