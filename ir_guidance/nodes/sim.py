@@ -212,14 +212,16 @@ class SimNode(Node):
         f, tq = wrench.wrench.force, wrench.wrench.torque
         f.x, f.y, f.z, tq.x, tq.y, tq.z = (float(v) for v in out.wrench)
         self._pub['ft_wrench'].publish(wrench)
+        # Images carry their capture time; they arrive image_latency_s later, as on a rig.
         if out.us_image is not None:
-            self._pub['us_image'].publish(
-                image_msg(out.us_image, 'mono8', self.frames['us_image'], stamp))
+            self._pub['us_image'].publish(image_msg(
+                out.us_image, 'mono8', self.frames['us_image'], stamp_msg(out.us_time_s)))
         if out.nir_image is not None:
-            frame = self.frames['camera_optical']
-            self._pub['nir_image'].publish(image_msg(out.nir_image, 'mono8', frame, stamp))
-            self._pub['nir_depth'].publish(image_msg(out.depth_image, '16UC1', frame, stamp))
-            self._camera_info.header.stamp = stamp
+            frame, captured = self.frames['camera_optical'], stamp_msg(out.nir_time_s)
+            self._pub['nir_image'].publish(image_msg(out.nir_image, 'mono8', frame, captured))
+            self._pub['nir_depth'].publish(
+                image_msg(out.depth_image, '16UC1', frame, captured))
+            self._camera_info.header.stamp = captured
             self._pub['nir_camera_info'].publish(self._camera_info)
         self._publish_truth(out, stamp)
 

@@ -153,6 +153,17 @@ class RigPhysics:
         self._force_adr = int(m.sensor_adr[find(mujoco.mjtObj.mjOBJ_SENSOR, 'ft_force')])
         self._torque_adr = int(m.sensor_adr[find(mujoco.mjtObj.mjOBJ_SENSOR, 'ft_torque')])
         self.ee_mass = float(m.body_subtreemass[self._ft_body])
+        # Views into MuJoCo's arrays, made once: each attribute access costs a microsecond
+        # or two, and the F/T reading runs every tick.
+        d = self.data
+        self._ft_rot = d.site_xmat[self._ft_site].reshape(3, 3)
+        self._ft_pos = d.site_xpos[self._ft_site]
+        self._ee_com = d.subtree_com[self._ft_body]
+        self._ft_force = d.sensordata[self._force_adr:self._force_adr + 3]
+        self._ft_torque = d.sensordata[self._torque_adr:self._torque_adr + 3]
+        self._weight = self.ee_mass * np.array(m.opt.gravity)
+        self._xmat = d.xmat.reshape(-1, 3, 3)
+        self._xpos = d.xpos
 
         self._tune_servos(arm_bandwidth_hz, stage_bandwidth_hz)
         self._tune_skin()
@@ -171,7 +182,7 @@ class RigPhysics:
         self._command = np.zeros(len(self.joint_names))
         self._setpoint = np.zeros(len(self.joint_names))
         self._tick = 0
-        self._fresh = False
+        self._fresh = self._sensors_fresh = False
         self.reset(self.home)
 
     # -- model construction --------------------------------------------------------------
@@ -320,7 +331,7 @@ class RigPhysics:
         d.ctrl[self._actuators] = self._setpoint
         self._tick = 0
         mujoco.mj_forward(m, d)
-        self._fresh = True
+        self._fresh = self._sensors_fresh = True
 
     def set_command(self, positions: np.ndarray) -> None:
         """Position targets; a bad vector raises ValueError and leaves the last one in effect.
@@ -356,7 +367,7 @@ class RigPhysics:
             mujoco.mj_step(m, d)
             self._tick += 1
             ticks -= 1
-        self._fresh = False
+        self._fresh = self._sensors_fresh = False
 
     def _advance_setpoint(self) -> bool:
         """Move the setpoints one tick towards the command; False if already there."""
@@ -398,9 +409,9 @@ class RigPhysics:
         if body is None:
             raise ValueError(f'unknown frame {name!r}; e.g. {list(FRAMES)}')
         self._sync()
-        pose = np.eye(4)
-        pose[:3, :3] = self.data.xmat[body].reshape(3, 3)
-        pose[:3, 3] = self.data.xpos[body]
+        pose = _POSE_TEMPLATE.copy()
+        pose[:3, :3] = self._xmat[body]
+        pose[:3, 3] = self._xpos[body]
         return pose
 
     # -- interaction ---------------------------------------------------------------------
@@ -418,7 +429,7 @@ class RigPhysics:
         wrench = self.data.xfrc_applied[self._tip_body]
         wrench[:3] = force
         wrench[3:] = 0.0
-        self._fresh = False
+        self._sensors_fresh = False  # poses and contacts are unaffected
 
     @property
     def needle_force(self) -> np.ndarray:
@@ -471,15 +482,11 @@ class RigPhysics:
         end effector hangs on the sensor with, its weight included, so the weight at the
         current orientation and stage position is taken off: a tool at rest reads zero.
         """
-        self._sync()
-        m, d = self.model, self.data
-        rot = d.site_xmat[self._ft_site].reshape(3, 3)
-        weight = self.ee_mass * m.opt.gravity
-        arm = d.subtree_com[self._ft_body] - d.site_xpos[self._ft_site]
+        self._sync(sensors=True)
+        rot, weight = self._ft_rot, self._weight
         wrench = np.empty(6)
-        wrench[:3] = d.sensordata[self._force_adr:self._force_adr + 3] + weight @ rot
-        wrench[3:] = (d.sensordata[self._torque_adr:self._torque_adr + 3]
-                      + _cross(arm, weight) @ rot)
+        wrench[:3] = self._ft_force + weight @ rot
+        wrench[3:] = self._ft_torque + _cross(self._ee_com - self._ft_pos, weight) @ rot
         return -wrench
 
     def ft_wrench(self) -> np.ndarray:
@@ -493,12 +500,16 @@ class RigPhysics:
         return self.ft_wrench_true() + self.ft_bias + noise * self.ft_noise_std
 
     # -- helpers -------------------------------------------------------------------------
-    def _sync(self) -> None:
-        """Bring derived quantities (poses, contacts, sensors) up to the current state."""
-        if self._fresh:
+    def _sync(self, sensors: bool = False) -> None:
+        """Bring derived quantities (poses, contacts; ``sensors`` too) up to date.
+
+        One ``mj_forward`` per tick is the budget: a new needle force only changes the
+        sensor readings, so it does not make the poses and contacts stale.
+        """
+        if self._fresh and (self._sensors_fresh or not sensors):
             return
         mujoco.mj_forward(self.model, self.data)
-        self._fresh = True
+        self._fresh = self._sensors_fresh = True
 
     @staticmethod
     def _check(values: np.ndarray, size: int, what: str) -> np.ndarray:
@@ -511,6 +522,9 @@ class RigPhysics:
         if not np.isfinite(x).all():
             raise ValueError(f'{what} must be finite, got {x.tolist()}')
         return x
+
+
+_POSE_TEMPLATE = np.eye(4)
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,0 +1,249 @@
+"""The embedded simulator: one deterministic tick at a time (ROS-free).
+
+Each tick (1 ms by default) the needle-tissue model turns the needle's pose into a
+force, MuJoCo advances the arm under its position servos, that force and the probe's
+contact, and the F/T sensor is read. Images are captured on their own schedules (30 Hz
+by default): at the capture tick the scene (poses, deformation, needle) is copied and
+rendered on a worker thread while physics goes on, and the frame is delivered
+``image_latency_s`` later, as a real frame grabber or camera delivers it late. The
+delivery tick is fixed and the render depends only on the copied scene, so threads
+change nothing in the output. Nothing here reads a wall clock or an unseeded random
+generator: the same phantom, seed and commands give the same outputs, bit for bit
+(``stream_hash`` checks it).
+
+A command is validated before it reaches the servos: wrong length, NaN/inf or a
+position outside the joint limits raises :class:`SimCommandError` and the last valid
+command stays in force, so a bad message can never move the simulated arm.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ir_guidance import config, rig_description
+from ir_guidance.sim.needle_tissue import NeedleForce, NeedleTissueModel
+from ir_guidance.sim.nir import CameraConfig, NirSimulator
+from ir_guidance.sim.phantom import Phantom
+from ir_guidance.sim.physics import RigPhysics
+from ir_guidance.sim.ultrasound import UltrasoundConfig, UltrasoundSimulator
+
+
+class SimCommandError(ValueError):
+    """A joint command the simulated hardware refuses; the previous one stays active."""
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """Rates and switches of one simulation (defaults from ``config/``'s ``sim`` section)."""
+
+    seed: int = 0
+    physics_hz: float = 1000.0
+    us_hz: float = 30.0
+    nir_hz: float = 30.0
+    sensors: bool = True  # render images (off: physics and F/T only)
+    image_latency_s: float = 0.02  # capture to delivery (render time on a real rig)
+
+    @classmethod
+    def from_config(cls, seed: int = 0, **overrides: float | bool) -> SimSettings:
+        """Settings from ``config/ir_guidance.yaml`` (``sim`` section), then overrides."""
+        section = dict(config.load().get('sim', {}))
+        keys = {'physics_hz', 'us_hz', 'nir_hz', 'sensors', 'image_latency_s'}
+        values = {k: v for k, v in section.items() if k in keys}
+        values.update(overrides)
+        return cls(seed=seed, **values)
+
+
+@dataclass
+class GroundTruth:
+    """What really happened this tick, for scoring only (never for control)."""
+
+    needle_tip: np.ndarray          # 4x4 world pose the needle model judged
+    needle: NeedleForce             # the needle-tissue model's full answer for that pose
+    probe_force_n: float
+
+    @property
+    def tip_in_lumen(self) -> bool:
+        """The needle tip is inside a vein's lumen."""
+        return bool(self.needle.in_lumen)
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        """Punctures and exits that happened this tick."""
+        return tuple(self.needle.events)
+
+    @property
+    def needle_force(self) -> np.ndarray:
+        """World force of the tissue on the needle."""
+        return np.asarray(self.needle.force_world, dtype=float)
+
+
+@dataclass
+class TickOutput:
+    """Everything the sensors produced on one tick; images are None when not due."""
+
+    tick: int
+    time_s: float
+    joint_positions: np.ndarray
+    joint_velocities: np.ndarray
+    wrench: np.ndarray                       # F/T sensor: force (3), torque (3)
+    truth: GroundTruth
+    us_image: np.ndarray | None = None
+    us_pose: np.ndarray | None = None        # world pose of the image frame at capture
+    us_time_s: float | None = None           # capture time (the image's stamp)
+    nir_image: np.ndarray | None = None
+    depth_image: np.ndarray | None = None
+    camera_pose: np.ndarray | None = None
+    nir_time_s: float | None = None
+    frames: dict[str, int] = field(default_factory=dict)  # frame index per stream
+
+
+class Simulator:
+    """The rig, the phantom and the sensors, advanced one tick per :meth:`step`."""
+
+    def __init__(self, phantom: Phantom, settings: SimSettings | None = None,
+                 initial: np.ndarray | None = None) -> None:
+        self.phantom = phantom
+        self.settings = settings or SimSettings()
+        cfg = config.load()
+        self.joint_names = config.joint_names()
+        self.frames = cfg['frames']
+        self.dt = 1.0 / self.settings.physics_hz
+        chain = rig_description.rig_chain()
+        self._lower, self._upper = chain.lower, chain.upper
+        seed = self.settings.seed
+        self.physics = RigPhysics(phantom, timestep=self.dt, seed=seed)
+        self.tissue = NeedleTissueModel(phantom)
+        self.us = UltrasoundSimulator(phantom, UltrasoundConfig(), seed=seed)
+        self.nir = NirSimulator(phantom, CameraConfig(), seed=seed)
+        self.state = phantom.new_state()
+        start = np.array(cfg['robot']['home'] if initial is None else initial, dtype=float)
+        self._check(start)
+        self.physics.reset(start)
+        self._command = start.copy()
+        self.tick = 0
+        self._next = {'us': 0, 'nir': 0}  # index of the next frame of each stream
+        # One worker per stream: a renderer is used by one thread at a time.
+        self._workers = {name: ThreadPoolExecutor(1, thread_name_prefix=f'sim-{name}')
+                         for name in self._next}
+        self._latency_ticks = max(
+            0, round(self.settings.image_latency_s * self.settings.physics_hz))
+        # Frames in flight: (delivery tick, frame index, capture time, pose, future).
+        self._pending: dict[str, list[tuple[int, int, float, np.ndarray, Future]]] = {
+            name: [] for name in self._next}
+
+    # -- commands -------------------------------------------------------------------------
+    def _check(self, positions: np.ndarray) -> np.ndarray:
+        x = np.asarray(positions, dtype=float)
+        if x.shape != (len(self.joint_names),):
+            raise SimCommandError(f'expected {len(self.joint_names)} joint positions '
+                                  f'{self.joint_names}, got shape {x.shape}')
+        if not np.all(np.isfinite(x)):
+            raise SimCommandError(f'joint command not finite: {x.tolist()}')
+        outside = (x < self._lower - 1e-9) | (x > self._upper + 1e-9)
+        if outside.any():
+            names = [n for n, o in zip(self.joint_names, outside, strict=True) if o]
+            raise SimCommandError(f'joint command outside limits for {names}')
+        return x
+
+    def command(self, positions: np.ndarray) -> None:
+        """Set the servo targets (command order = config joint order)."""
+        self._command = self._check(positions).copy()
+        self.physics.set_command(self._command)
+
+    @property
+    def last_command(self) -> np.ndarray:
+        """The command in force (the last valid one)."""
+        return self._command.copy()
+
+    @property
+    def time_s(self) -> float:
+        """Simulated time of the last completed tick."""
+        return self.tick * self.dt
+
+    # -- stepping -------------------------------------------------------------------------
+    def step(self) -> TickOutput:
+        """Advance one physics tick and return what every sensor saw at its end."""
+        self.tick += 1
+        t = self.tick * self.dt
+        self.state.time_s = t
+        tip = self.physics.frame_pose(self.frames['needle_tip'])
+        needle = self.tissue.step(tip[:3, 3], tip[:3, 2], self.state, dt_s=self.dt)
+        self.physics.apply_needle_force(needle.force_world)
+        probe = self.physics.frame_pose(self.frames['us_image'])
+        contact = self.physics.probe_contact_force()
+        self.state.probe_force_n = float(max(0.0, contact[2]))
+        self.state.probe_xy = (float(probe[0, 3]), float(probe[1, 3]))
+        self.physics.step()
+        out = TickOutput(
+            tick=self.tick, time_s=t,
+            joint_positions=self.physics.joint_positions(),
+            joint_velocities=self.physics.joint_velocities(),
+            wrench=self.physics.ft_wrench(),
+            # The pose the needle model judged: in-lumen and labels refer to exactly it.
+            truth=GroundTruth(needle_tip=tip, needle=needle,
+                              probe_force_n=self.state.probe_force_n))
+        if self.settings.sensors:
+            self._render_due(out)
+        return out
+
+    def _due(self, stream: str, rate_hz: float) -> int | None:
+        """The frame index due at this tick, if any (frame k at t = k / rate)."""
+        k = self._next[stream]
+        if self.tick >= math.ceil(k * self.settings.physics_hz / rate_hz - 1e-9):
+            self._next[stream] = k + 1
+            return k
+        return None
+
+    def _render_due(self, out: TickOutput) -> None:
+        """Start the captures due this tick and attach the frames due for delivery."""
+        needle_tip = out.truth.needle_tip
+        for name, rate, frame in (('us', self.settings.us_hz, self.frames['us_image']),
+                                  ('nir', self.settings.nir_hz,
+                                   self.frames['camera_optical'])):
+            k = self._due(name, rate)
+            if k is not None:
+                pose = self.physics.frame_pose(frame)
+                scene = copy.deepcopy(self.state)
+                if name == 'us':
+                    needle = (needle_tip[:3, 3].copy(), needle_tip[:3, 2].copy())
+                    job = self._workers[name].submit(self.us.render, pose, scene, needle, k)
+                else:
+                    job = self._workers[name].submit(self.nir.render, pose, scene, k)
+                self._pending[name].append(
+                    (self.tick + self._latency_ticks, k, self.time_s, pose, job))
+            pending = self._pending[name]
+            while pending and pending[0][0] <= self.tick:
+                _, k, captured, pose, job = pending.pop(0)
+                out.frames[name] = k
+                if name == 'us':
+                    out.us_image, out.us_pose, out.us_time_s = job.result(), pose, captured
+                else:
+                    (out.nir_image, out.depth_image), out.camera_pose = job.result(), pose
+                    out.nir_time_s = captured
+
+    def close(self) -> None:
+        """Stop the render workers (frames still in flight are dropped)."""
+        for worker in self._workers.values():
+            worker.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, seconds: float) -> list[TickOutput]:
+        """Step for ``seconds`` of simulated time with the current command."""
+        return [self.step() for _ in range(round(seconds * self.settings.physics_hz))]
+
+
+def stream_hash(outputs: list[TickOutput]) -> str:
+    """SHA-256 over every sensor sample of a run: equal hashes mean identical streams."""
+    digest = hashlib.sha256()
+    for out in outputs:
+        for array in (out.joint_positions, out.joint_velocities, out.wrench):
+            digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+        for image in (out.us_image, out.nir_image, out.depth_image):
+            if image is not None:
+                digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
