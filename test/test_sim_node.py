@@ -1,0 +1,185 @@
+"""Node tests of the sim node over real rclpy pub/sub on loopback (in-process).
+
+A controller node registers for lockstep, acknowledges ticks, sends position commands
+and records what the simulator publishes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from conftest import spin_for, spin_until
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from ir_guidance import config
+from ir_guidance.nodes.conversions import message_class, qos_profile
+from ir_guidance.nodes.sim import SimNode
+
+OUTPUTS = ('clock', 'joint_states', 'ft_wrench', 'us_image', 'nir_image', 'nir_depth',
+           'nir_camera_info', 'gt_needle_tip', 'gt_tip_in_lumen', 'gt_vessels', 'sim_status')
+HOME = np.array(config.load()['robot']['home'], dtype=float)
+
+
+def seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+class Controller:
+    """A lockstep controller: acks every tick it sees, optionally after commanding."""
+
+    def __init__(self, context, name: str = 'test_controller') -> None:
+        self.node = Node(name, context=context)
+        self.name = name
+        self.received: dict[str, list] = defaultdict(list)
+        self.acking = True
+        self.command: list[float] | None = None
+        self._pub = {key: self._publisher(key) for key in (
+            'lockstep_register', 'lockstep_ack', 'position_commands')}
+        for key in OUTPUTS:
+            spec = config.topic(key)
+            self.node.create_subscription(
+                message_class(spec['type']), spec['name'],
+                lambda msg, key=key: self._on(key, msg), qos_profile(spec['qos']))
+
+    def _publisher(self, key: str):
+        spec = config.topic(key)
+        return self.node.create_publisher(message_class(spec['type']), spec['name'],
+                                          qos_profile(spec['qos']))
+
+    def register(self) -> None:
+        msg = message_class('std_msgs/msg/String')()
+        msg.data = self.name
+        self._pub['lockstep_register'].publish(msg)
+
+    def send(self, positions) -> None:
+        msg = message_class('std_msgs/msg/Float64MultiArray')()
+        msg.data = [float(v) for v in positions]
+        self._pub['position_commands'].publish(msg)
+
+    def _on(self, key: str, msg) -> None:
+        self.received[key].append(msg)
+        if key == 'clock' and self.acking:
+            if self.command is not None:
+                self.send(self.command)
+            ack = message_class('std_msgs/msg/Header')()
+            ack.frame_id = self.name
+            ack.stamp = msg.clock
+            self._pub['lockstep_ack'].publish(ack)
+
+    def statuses(self) -> list[str]:
+        return [m.data for m in self.received['sim_status']]
+
+
+@pytest.fixture
+def lockstep(ros_context, executor):
+    sim = SimNode(context=ros_context, parameter_overrides=[
+        Parameter('mode', value='lockstep'), Parameter('us_hz', value=100.0),
+        Parameter('nir_hz', value=50.0)])
+    controller = Controller(ros_context)
+    executor.add_node(sim)
+    executor.add_node(controller.node)
+    yield sim, controller
+    executor.remove_node(sim)
+    executor.remove_node(controller.node)
+    sim.sim.close()
+    sim.destroy_node()
+    controller.node.destroy_node()
+
+
+def clock_times(controller) -> list[float]:
+    return [seconds(m.clock) for m in controller.received['clock']]
+
+
+def test_lockstep_advances_only_when_answered(lockstep, executor):
+    sim, controller = lockstep
+    spin_for(executor, 0.3)
+    assert sim.sim.tick == 0  # nobody registered: the sim holds
+    controller.register()
+    assert spin_until(executor, lambda: sim.sim.tick >= 60, timeout_s=20)
+    controller.acking = False
+    spin_for(executor, 0.3)
+    stopped = sim.sim.tick
+    spin_for(executor, 0.3)
+    assert sim.sim.tick == stopped  # no answer, no tick
+    times = clock_times(controller)
+    assert np.allclose(np.diff(times), 0.001)  # one tick per answer, none skipped
+    states = controller.received['joint_states']
+    assert len(states) == stopped
+    assert list(states[0].name) == config.joint_names()
+    np.testing.assert_allclose(states[0].position, HOME, atol=1e-3)
+    wrench = controller.received['ft_wrench'][-1]
+    assert wrench.header.frame_id == config.load()['frames']['ft_sensor']
+
+
+def test_images_and_ground_truth_are_published(lockstep, executor):
+    _, controller = lockstep
+    controller.register()
+    assert spin_until(executor, lambda: len(controller.received['nir_image']) >= 2,
+                      timeout_s=30)
+    us = controller.received['us_image'][0]
+    assert (us.encoding, us.height, us.width) == ('mono8', 256, 256)
+    assert us.header.frame_id == config.load()['frames']['us_image']
+    assert len(us.data) == 256 * 256
+    depth = controller.received['nir_depth'][0]
+    assert depth.encoding == '16UC1' and depth.step == 2 * depth.width
+    info = controller.received['nir_camera_info'][0]
+    assert info.header.stamp == depth.header.stamp
+    assert info.k[0] > 0 and info.k[8] == 1.0
+    # Images carry their capture time, earlier than the tick that delivered them.
+    assert seconds(us.header.stamp) < clock_times(controller)[-1]
+    assert controller.received['gt_needle_tip'] and controller.received['gt_vessels']
+    assert controller.received['gt_tip_in_lumen'][0].data is False
+
+
+@pytest.mark.parametrize('bad', [
+    [0.0] * 6,
+    [0.0, -1.7, 1.9, -1.77, -1.5708, 0.0, math.nan],
+    [0.0, -1.7, 1.9, -1.77, -1.5708, 0.0, 0.5],
+])
+def test_bad_command_is_refused_and_the_arm_holds(lockstep, executor, bad):
+    sim, controller = lockstep
+    good = HOME.copy()
+    good[0] += 0.02
+    controller.command = good
+    controller.register()
+    assert spin_until(executor, lambda: sim.sim.tick >= 300, timeout_s=30)
+    assert sim.sim.last_command[0] == pytest.approx(good[0])  # positive control
+    controller.command = bad
+    assert spin_until(executor, lambda: any('REFUSED' in s for s in controller.statuses()),
+                      timeout_s=10)
+    tick = sim.sim.tick
+    assert spin_until(executor, lambda: sim.sim.tick >= tick + 200, timeout_s=30)
+    np.testing.assert_allclose(sim.sim.last_command, good)
+    last = controller.received['joint_states'][-1]
+    assert last.position[0] == pytest.approx(good[0], abs=2e-3)
+
+
+def test_unknown_phantom_key_stops_the_node(ros_context, tmp_path):
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('veins: [{x: 0.43, depth: 0.005, width: 0.004, height: 0.003}]\n'
+                   'colour: pink\n')
+    with pytest.raises(ValueError, match='unknown phantom keys'):
+        SimNode(context=ros_context, parameter_overrides=[Parameter('phantom',
+                                                                    value=str(bad))])
+
+
+def test_realtime_mode_runs_by_itself(ros_context, executor):
+    sim = SimNode(context=ros_context, parameter_overrides=[
+        Parameter('mode', value='realtime'), Parameter('sensors', value=False)])
+    controller = Controller(ros_context, 'observer')
+    executor.add_node(sim)
+    executor.add_node(controller.node)
+    try:
+        spin_for(executor, 0.5)
+        assert sim.sim.tick > 100
+        assert len(controller.received['joint_states']) > 50
+    finally:
+        executor.remove_node(sim)
+        executor.remove_node(controller.node)
+        sim.sim.close()
+        sim.destroy_node()
+        controller.node.destroy_node()
