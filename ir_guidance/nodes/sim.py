@@ -18,7 +18,9 @@ A bad command (wrong joint count, NaN, outside limits) is refused with a reason 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import sys
 import time
 from typing import Any
 
@@ -26,6 +28,8 @@ import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.utilities import remove_ros_args
 
 from ir_guidance import config, ros_env
 from ir_guidance.nodes.conversions import fill_pose, message_class, qos_profile
@@ -268,13 +272,25 @@ class SimNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the simulator node until Ctrl-C; a bad parameter or phantom exits with 1."""
+    """Run the simulator node until Ctrl-C; a bad parameter or phantom exits with 1.
+
+    ``--phantom FILE|random:SEED``, ``--seed N`` and ``--mode realtime|lockstep`` are
+    shorthands for the ROS parameters of the same names.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    parser = argparse.ArgumentParser(prog='sim', description='the embedded simulator')
+    parser.add_argument('--phantom', help='phantom YAML file or random:SEED')
+    parser.add_argument('--seed', type=int)
+    parser.add_argument('--mode', choices=MODES)
+    options = parser.parse_args(remove_ros_args(argv))
+    overrides = [Parameter(name, value=value) for name, value in vars(options).items()
+                 if value is not None]
     ros_env.configure()
-    rclpy.init(args=args)
+    rclpy.init(args=['sim', *argv])
     node = None
     try:
         with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):
-            node = SimNode()
+            node = SimNode(parameter_overrides=overrides)
             rclpy.spin(node)
     except (ValueError, OSError) as error:
         rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start the simulator: {error}')
