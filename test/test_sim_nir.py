@@ -225,3 +225,135 @@ def test_no_invalid_arithmetic_for_random_phantoms_and_poses(seed):
             ir, depth = sim.render(pose, state, k)
             assert ir.dtype == np.uint8 and depth.dtype == np.uint16
             assert ir.max() > 50 and (depth > 0).mean() > 0.5
+
+
+# -- scene cache and per-frame noise -------------------------------------------------------
+
+def _same(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
+    return np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_a_cached_scene_renders_exactly_as_a_fresh_simulator():
+    phantom = _phantom(2.5e-3)
+    pose = _looking_down(phantom, 0.12)
+    other = _looking_down(phantom, 0.15, x=X0 + 0.01)
+    state = phantom.new_state()
+    state.probe_force_n, state.probe_xy = 2.0, (X0, Y0)
+    sim = NirSimulator(phantom, seed=5)
+
+    def fresh(p, k):
+        return NirSimulator(phantom, seed=5).render(p, state, k)
+
+    first = sim.render(pose, state, 0)
+    assert sim.scene_updates == 1
+    assert _same(first, fresh(pose, 0))
+    for k in (1, 2, 0):
+        assert _same(sim.render(pose.copy(), state, k), fresh(pose, k))
+    assert _same(sim.render(pose, state, 0), first)
+    assert sim.scene_updates == 1
+    # Two scenes are kept; a third evicts the least recently used (``pose``: ``other``
+    # came last), and coming back to it recomputes it, exactly.
+    for k in range(3, 7):
+        p = pose if k % 2 else other
+        assert _same(sim.render(p, state, k), fresh(p, k))
+    assert sim.scene_updates == 2
+    sim.render(_looking_down(phantom, 0.2), state, 7)
+    assert _same(sim.render(other, state, 8), fresh(other, 8))
+    assert sim.scene_updates == 3
+    assert _same(sim.render(pose, state, 9), fresh(pose, 9))
+    assert sim.scene_updates == 4
+
+
+def _changes():
+    """Name, and a change of the pose, the state or the table that the view depends on."""
+
+    def pose_nm(sim, pose, state):
+        pose[0, 3] += 1e-9
+
+    def force(sim, pose, state):
+        state.probe_force_n += 3.0
+
+    def roll(sim, pose, state):
+        state.roll[0] += 1e-3
+
+    def time(sim, pose, state):
+        state.time_s += 0.5
+
+    def table(sim, pose, state):
+        sim.table_z -= 0.01
+
+    return [('pose by 1 nm', pose_nm), ('probe force', force), ('vein roll', roll),
+            ('time with motion', time), ('table height', table)]
+
+
+@pytest.mark.parametrize('name, change', _changes())
+def test_any_change_of_the_scene_invalidates_the_cache(name, change):
+    phantom = _phantom(2.0e-3, motion_amplitude=3e-3)
+    pose = _looking_down(phantom, 0.12)
+    state = phantom.new_state()
+    state.time_s = 1.0
+    state.probe_force_n, state.probe_xy = 1.0, (X0, Y0)
+    sim = NirSimulator(phantom, seed=2)
+    before = sim.render(pose, state, 4)
+    assert sim.scene_updates == 1
+    change(sim, pose, state)
+    after = sim.render(pose, state, 4)
+    assert sim.scene_updates == 2, name
+    fresh = NirSimulator(phantom, seed=2, table_z=sim.table_z)
+    assert _same(after, fresh.render(pose, state, 4))
+    if name != 'pose by 1 nm':      # a nanometre need not change a single pixel
+        assert not _same(after, before), name
+
+
+def test_what_does_not_change_the_view_keeps_the_cached_scene():
+    phantom = _phantom(2.0e-3)
+    pose = _looking_down(phantom, 0.12)
+    state = phantom.new_state()
+    sim = NirSimulator(phantom, seed=2)
+    sim.render(pose, state, 0)
+    state.time_s += 3.0                 # no drift
+    state.probe_xy = (0.1, 0.2)         # no force
+    out = sim.render(np.array(pose.tolist()), state, 1)
+    assert sim.scene_updates == 1
+    assert _same(out, NirSimulator(phantom, seed=2).render(pose, state, 1))
+
+
+def test_noise_is_a_function_of_seed_and_frame_index():
+    phantom = _phantom(2.5e-3)
+    pose = _looking_down(phantom, 0.12)
+    state = phantom.new_state()
+    sim = NirSimulator(phantom, seed=5)
+    frames = [sim.render(pose, state, k) for k in range(48)]
+    assert len({ir.tobytes() for ir, _ in frames}) == len(frames)
+    assert len({depth.tobytes() for _, depth in frames}) == len(frames)
+    other = NirSimulator(phantom, seed=5)
+    for k in (47, 3, 0):
+        assert _same(other.render(pose, state, k), frames[k])
+    assert not _same(NirSimulator(phantom, seed=6).render(pose, state, 3), frames[3])
+
+
+def test_consecutive_frames_have_independent_noise_of_the_right_size():
+    # The bare table beyond the end of the arm: per pixel, the variance over n frames is
+    # the model's (shot + read noise; depth_noise_per_m * z^2) only if the frames' noise
+    # is independent, and consecutive residuals correlate by -1 / (n - 1).
+    phantom = _phantom(3.0e-3)
+    pose = _looking_down(phantom, 0.30, y=0.6)
+    sim = NirSimulator(phantom, seed=1)
+    cfg = sim.config
+    n = 24
+    frames = [sim.render(pose, phantom.new_state(), k) for k in range(n)]
+    patch = (slice(140, 340), slice(200, 440))
+    ir = np.stack([f[0][patch] for f in frames]).astype(float)
+    depth = np.stack([f[1][patch] for f in frames]).astype(float)
+    z = depth.mean(axis=0) * cfg.depth_scale
+    assert np.all(depth > 0) and 0.3 < z.mean() < 0.4
+    model = {'ir': cfg.shot_noise_dn * ir.mean(axis=0) + cfg.read_noise_dn ** 2,
+             'depth': (cfg.depth_noise_per_m * z ** 2 / cfg.depth_scale) ** 2}
+    for name, stack in (('ir', ir), ('depth', depth)):
+        # Rounding to integers adds 1/12.
+        ratio = stack.var(axis=0, ddof=1).mean() / (model[name] + 1 / 12).mean()
+        assert 0.93 < ratio < 1.07, (name, ratio)
+        residual = stack - stack.mean(axis=0)
+        corr = [np.corrcoef(residual[k].ravel(), residual[k + 1].ravel())[0, 1]
+                for k in range(n - 1)]
+        assert abs(np.mean(corr) + 1 / (n - 1)) < 0.02, (name, corr)

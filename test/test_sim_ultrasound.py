@@ -402,3 +402,139 @@ def test_no_invalid_arithmetic_for_random_phantoms_and_poses(seed):
             img = sim.render(pose, state, needle, k)
             assert img.dtype == np.uint8 and img.shape == (256, 256)
             assert 20 < img.mean() < 200
+
+
+# -- scene cache and per-frame noise -------------------------------------------------------
+
+def _needle_in_view(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _needle(pose, -5e-3, 3.5e-3, 20.0)
+
+
+def test_a_cached_scene_renders_exactly_as_a_fresh_simulator():
+    s = _setup(compliance=0.12)
+    phantom, state, pose, sim = s.phantom, s.state, s.pose, s.sim
+    state.probe_force_n, state.probe_xy = 2.0, (s.gt['x'], Y0)
+    other = pose.copy()
+    other[1, 3] += 2e-3
+    needle = _needle_in_view(pose)
+
+    def fresh(p, k, n=None):
+        return UltrasoundSimulator(phantom, seed=3).render(p, state, n, k)
+
+    first = sim.render(pose, state, None, 0)
+    assert sim.scene_updates == 1
+    assert np.array_equal(first, fresh(pose, 0))
+    # Same scene, other frames, with and without the needle: no new scene, same images
+    # as a simulator that has never seen it.
+    for k, n in ((1, None), (2, needle), (0, None)):
+        img = sim.render(pose.copy(), state, n, k)
+        assert np.array_equal(img, fresh(pose, k, n))
+    assert np.array_equal(sim.render(pose, state, None, 0), first)
+    assert sim.scene_updates == 1
+    # Two scenes are kept: alternating between them computes nothing new.
+    for k in range(3, 7):
+        p = pose if k % 2 else other
+        assert np.array_equal(sim.render(p, state, None, k), fresh(p, k))
+    assert sim.scene_updates == 2
+    # A third scene evicts the least recently used (``pose``: ``other`` came last);
+    # coming back to it recomputes it, exactly.
+    third = pose.copy()
+    third[0, 3] += 1e-3
+    sim.render(third, state, None, 7)
+    assert sim.scene_updates == 3
+    assert np.array_equal(sim.render(other, state, needle, 8), fresh(other, 8, needle))
+    assert sim.scene_updates == 3
+    assert np.array_equal(sim.render(pose, state, needle, 9), fresh(pose, 9, needle))
+    assert sim.scene_updates == 4
+
+
+def _motion_phantom() -> Phantom:
+    return Phantom(veins=(Vein(x=0.43, depth=5.0e-3, width=5.0e-3, height=3.5e-3,
+                               compliance=0.12),),
+                   motion_amplitude=3e-3, motion_period_s=8.0)
+
+
+def _changes():
+    """Name, and a change of the pose or the state that moves tissue in the image."""
+
+    def pose_nm(pose, state):
+        pose[0, 3] += 1e-9
+
+    def force(pose, state):
+        state.probe_force_n += 0.5
+
+    def roll(pose, state):
+        state.roll[0] += 1e-3
+
+    def time(pose, state):
+        state.time_s += 0.5
+
+    return [('pose by 1 nm', pose_nm), ('probe force', force), ('vein roll', roll),
+            ('time with motion', time)]
+
+
+@pytest.mark.parametrize('name, change', _changes())
+def test_any_change_of_the_scene_invalidates_the_cache(name, change):
+    phantom = _motion_phantom()
+    state = phantom.new_state()
+    state.time_s = 1.0
+    state.probe_force_n, state.probe_xy = 1.0, (0.43, Y0)
+    pose = _transverse_pose(phantom, 0.43)
+    sim = UltrasoundSimulator(phantom, seed=2)
+    before = sim.render(pose, state, None, 4)
+    assert sim.scene_updates == 1
+    change(pose, state)
+    after = sim.render(pose, state, None, 4)
+    assert sim.scene_updates == 2, name
+    assert np.array_equal(after, UltrasoundSimulator(phantom, seed=2).render(pose, state, None, 4))
+    if name != 'pose by 1 nm':      # a nanometre need not change a single pixel
+        assert not np.array_equal(after, before), name
+
+
+def test_what_does_not_move_tissue_keeps_the_cached_scene():
+    s = _setup()
+    phantom, state, pose, sim = s.phantom, s.state, s.pose, s.sim
+    sim.render(pose, state, None, 0)
+    # No drift: time changes nothing; no force: nor does where the probe is.
+    state.time_s += 3.0
+    state.probe_xy = (0.1, 0.2)
+    state.probe_force_n = 0.0
+    img = sim.render(pose, state, None, 1)
+    assert sim.scene_updates == 1
+    assert np.array_equal(img, UltrasoundSimulator(phantom, seed=3).render(pose, state, None, 1))
+    # The same pose values in another array hit too.
+    sim.render(np.array(pose.tolist()), state, None, 2)
+    assert sim.scene_updates == 1
+
+
+def test_noise_is_a_function_of_seed_and_frame_index():
+    s = _setup()
+    phantom, state, pose, sim = s.phantom, s.state, s.pose, s.sim
+    frames = [sim.render(pose, state, None, k) for k in range(64)]
+    # Every frame differs from every other (the fresh noise is new in each).
+    assert len({f.tobytes() for f in frames}) == len(frames)
+    # Rendering order and history do not matter; the seed does.
+    other = UltrasoundSimulator(phantom, seed=3)
+    for k in (63, 5, 0, 17):
+        assert np.array_equal(other.render(pose, state, None, k), frames[k])
+    assert not np.array_equal(UltrasoundSimulator(phantom, seed=4).render(pose, state, None, 5),
+                              frames[5])
+
+
+def test_consecutive_frames_have_uncorrelated_fresh_noise():
+    # Off the end of the arm the image is electronic noise alone, all of it fresh: a wide
+    # dynamic range shows it everywhere. Residuals about the mean of n frames correlate
+    # by -1 / (n - 1) when the frames are independent.
+    s = _setup()
+    cfg = dataclasses.replace(s.sim.config, dynamic_range_db=110.0)
+    sim = UltrasoundSimulator(s.phantom, cfg, seed=1)
+    off = s.pose.copy()
+    off[1, 3] = 0.35
+    n = 16
+    frames = np.stack([sim.render(off, s.state, None, k) for k in range(n)]).astype(float)
+    assert frames.mean() > 30 and (frames == 0).mean() < 0.01
+    residual = frames - frames.mean(axis=0)
+    corr = [np.corrcoef(residual[k].ravel(), residual[k + 1].ravel())[0, 1]
+            for k in range(n - 1)]
+    assert abs(np.mean(corr) + 1 / (n - 1)) < 0.02, corr
+    assert max(abs(c + 1 / (n - 1)) for c in corr) < 0.06, corr

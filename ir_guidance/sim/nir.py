@@ -27,8 +27,31 @@ correlated (drawn at a quarter of the resolution), and 0 (no data) where the ray
 nothing, the range is outside ``[min_range_m, max_range_m]``, or the surface is too
 oblique to return the projected pattern.
 
-Random draws come from ``np.random.default_rng((seed, frame_index))``: a frame is a pure
-function of its arguments.
+A frame is a pure function of its arguments and the seed: its noise depends on
+``(seed, frame_index)`` alone.
+
+Speed (a render runs at 30 Hz inside the 1 kHz physics loop):
+
+- Everything that depends on the scene alone (the ray casting, the shading and vein
+  contrast, the noise-free NIR image and its noise level, the clean depth and its noise
+  level, both 0 where there is no depth) is cached, keyed exactly on what it depends on:
+  the bytes of the 4x4 camera pose, the table height and the phantom state's values
+  that move the skin or the veins (:func:`ir_guidance.sim.ultrasound.state_key`). Two
+  scenes are cached; a frame of an unchanged scene only adds noise and converts
+  (``scene_updates`` counts the scenes computed).
+- The noise comes from banks of standard normals drawn once per seed: the NIR noise
+  from a full-resolution bank of ``(H + 64) x (W + 64)``, the depth noise from a
+  quarter-resolution bank with room for 64 x 64 windows two samples (eight pixels)
+  apart. A frame takes one window of each; the window index (one of 64 x 64) is a seeded
+  random permutation of ``frame_index`` modulo 4096, so the frames of any 4096 in a row
+  (2 min 16 s at 30 Hz) use different windows and consecutive frames' windows are not a
+  fixed shift apart. Different windows share no sample at any pixel (the NIR noise is
+  white; the depth noise, interpolated from its quarter-resolution samples, reads
+  samples at least two apart), so consecutive frames' noise is exactly as uncorrelated,
+  pixel by pixel, as freshly drawn noise, with the same Gaussian statistics (the depth
+  window is interpolated as before, so its correlation and the variance correction
+  over it are unchanged). The noise repeats after 4096 frames, identical only if the
+  scene is too.
 """
 
 from __future__ import annotations
@@ -39,12 +62,14 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy.special import ndtri
 
 from ir_guidance.sim.phantom import Phantom, PhantomState
+from ir_guidance.sim.ultrasound import noise_bank, state_key
 
 _Y_TABLE_STEP = 5.0e-5          # m: spacing of the per-y vein geometry table
 _LOW = 4                        # the vein shading and depth noise are computed at 1/_LOW
+_NOISE_WINDOWS = 64             # noise banks: windows per axis (64 x 64 frames)
+_SCENE_CACHE = 2                # scenes kept (their frame-independent maps)
 
 
 @dataclass(frozen=True)
@@ -125,12 +150,27 @@ def _rigid(pose: np.ndarray, name: str) -> np.ndarray:
     return t
 
 
+class _Scene:
+    """The frame-independent maps of one scene (one cache entry)."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.key: tuple[bytes, bytes | None, float | None] | None = None
+        self.phantom: Phantom | None = None
+        # Noise-free NIR image and its noise's standard deviation (DN); depth without noise
+        # and the noise's standard deviation (depth units), both 0 where there is no depth.
+        self.ir = np.empty(shape, np.float32)
+        self.ir_sigma = np.empty(shape, np.float32)
+        self.depth = np.empty(shape, np.float32)
+        self.depth_sigma = np.empty(shape, np.float32)
+
+
 class NirSimulator:
     """Renders NIR and depth frames of the phantom's forearm; see the module docs.
 
     ``table_z`` is the height of the table plane under the arm (None: the arm rests on
     it); ``table=False`` leaves nothing below the arm (no return there). Not thread-safe:
-    one simulator reuses its work buffers from frame to frame.
+    one simulator reuses its work buffers from frame to frame. It caches the last two
+    scenes' maps (see the module docs); ``scene_updates`` counts the scenes computed.
     """
 
     def __init__(self, phantom: Phantom, config: CameraConfig | None = None, seed: int = 0,
@@ -176,10 +216,18 @@ class NirSimulator:
         self._depth_sigma = (cfg.depth_noise_per_m / np.sqrt(var)).astype(np.float32)
         rng = np.random.default_rng((self.seed, 0x0A1B))
         self._phase = rng.uniform(0.0, 2 * np.pi, 4)
-        q = ndtri((np.arange(256) + 0.5) / 256)
-        self._gauss_lut = (q / np.sqrt(np.mean(q ** 2))).astype(np.float32).reshape(256, 1)
+        # Noise banks (see the module docs): NIR at full resolution, windows one pixel
+        # apart; depth at quarter resolution, windows two samples apart.
+        n = _NOISE_WINDOWS
+        self._ir_bank, self._noise_order = noise_bank(
+            self.seed, 0x0A1C, (h + n, w + n), n * n)
+        low_h, low_w = self._low_shape
+        self._depth_bank, _ = noise_bank(
+            self.seed, 0x0A1D, (low_h + 2 * n, low_w + 2 * n), n * n)
+        self._scenes: list[_Scene] = []
+        self.scene_updates = 0
         f32 = [np.empty((h, w), np.float32) for _ in range(8)]
-        (self._dx, self._dy, self._dz, self._a, self._b, self._t, self._s, self._img) = f32
+        (self._dx, self._dy, self._dz, self._a, self._b, self._t, self._s, self._u) = f32
         self._noise = np.empty((h, w), np.float32)
         self._shade = np.empty((h, w), np.float32)
 
@@ -210,10 +258,63 @@ class NirSimulator:
                frame_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """NIR image (uint8, H x W) and depth (uint16 in ``depth_scale`` units, 0 = none).
 
-        ``camera_pose`` is the 4x4 pose of ``nir_camera_optical_frame`` in the world.
+        ``camera_pose`` is the 4x4 pose of ``nir_camera_optical_frame`` in the world. The
+        noise is a function of ``(seed, frame_index)``: a frame is a pure function of the
+        arguments, whatever was rendered before (the scene cache only saves time).
         """
         cfg = self.config
-        pose = _rigid(camera_pose, 'camera_pose')
+        pose, pose_key = self._pose(camera_pose)
+        scene = self._scene(pose, pose_key, state)
+        window = int(self._noise_order[int(frame_index) % len(self._noise_order)])
+        r, c = divmod(window, _NOISE_WINDOWS)
+        noise = self._noise
+        # NIR: read plus shot noise, rounded and saturated to uint8.
+        cv2.multiply(self._ir_bank[r:r + cfg.height, c:c + cfg.width], scene.ir_sigma,
+                     dst=noise)
+        ir = cv2.add(scene.ir, noise, dtype=cv2.CV_8U)
+        # Depth: z^2 noise, correlated over a few pixels (interpolated from 1/_LOW).
+        low_h, low_w = self._low_shape
+        low = self._depth_bank[2 * r:2 * r + low_h, 2 * c:2 * c + low_w]
+        cv2.resize(low, (cfg.width, cfg.height), dst=noise, interpolation=cv2.INTER_LINEAR)
+        cv2.multiply(noise, scene.depth_sigma, dst=noise)
+        depth = cv2.add(scene.depth, noise, dtype=cv2.CV_16U)
+        return ir, depth
+
+    # -- scene cache ----------------------------------------------------------------------
+    def _pose(self, camera_pose: np.ndarray) -> tuple[np.ndarray, bytes]:
+        """The validated pose (float64) and its bytes (a cached scene's pose is not rechecked)."""
+        t = np.asarray(camera_pose, dtype=float)
+        if t.shape == (4, 4):
+            key = t.tobytes()
+            if any(s.key is not None and s.key[0] == key for s in self._scenes):
+                return t, key
+        t = _rigid(t, 'camera_pose')
+        return t, t.tobytes()
+
+    def _scene(self, pose: np.ndarray, pose_key: bytes, state: PhantomState | None
+               ) -> _Scene:
+        """The cached maps of the scene, computed if it is not one of the last two."""
+        key = (pose_key, state_key(self.phantom, state), self.table_z)
+        for i, scene in enumerate(self._scenes):
+            if scene.key == key and scene.phantom is self.phantom:
+                if i:
+                    self._scenes.insert(0, self._scenes.pop(i))
+                return scene
+        if len(self._scenes) < _SCENE_CACHE:
+            scene = _Scene((self.config.height, self.config.width))
+        else:
+            scene = self._scenes.pop()
+        scene.key = scene.phantom = None
+        self._scenes.insert(0, scene)
+        self._compute_scene(pose, state, scene)
+        scene.key, scene.phantom = key, self.phantom
+        self.scene_updates += 1
+        return scene
+
+    def _compute_scene(self, pose: np.ndarray, state: PhantomState | None, scene: _Scene
+                       ) -> None:
+        """Fill ``scene`` with the frame-independent maps of the view from ``pose``."""
+        cfg = self.config
         rot, centre = pose[:3, :3], pose[:3, 3]
         p = self.phantom
         off = p.offset(state)
@@ -238,17 +339,18 @@ class NirSimulator:
         np.multiply(a, np.float32(c), out=t)
         s -= t                                  # discriminant / 4
         hit = s > 0
-        np.maximum(s, np.float32(0.0), out=s)
-        np.sqrt(s, out=s)
+        cv2.max(s, 0.0, dst=s)
+        cv2.sqrt(s, dst=s)
         np.add(b, s, out=t)
         np.negative(t, out=t)
-        np.maximum(a, np.float32(1e-12), out=a)
+        cv2.max(a, 1e-12, dst=a)
         t /= a                                  # nearest root
         hit &= t > 0
         # Within the arm's length: y of the hit.
         np.multiply(dy, t, out=a)
         a += np.float32(oy)
-        hit &= np.abs(a) <= np.float32(p.length / 2)
+        np.abs(a, out=a)
+        hit &= a <= np.float32(p.length / 2)
         # Lambert: cos(incidence) = sqrt(disc) / (R |d|).
         cos = s
         cos *= self._inv_norm
@@ -259,10 +361,15 @@ class NirSimulator:
         albedo *= np.float32(cfg.skin_albedo)
         if self.table_z is not None:
             # The table where the arm is not hit (it lies below the arm).
-            t_table = (np.float32(self.table_z - centre[2])) / np.minimum(dz, np.float32(-1e-9))
-            table = ~hit & (t_table > 0)
-            np.copyto(t, t_table, where=table)
-            np.copyto(cos, -dz * self._inv_norm, where=table)
+            t_table = cv2.min(dz, -1e-9, dst=self._u)
+            np.divide(np.float32(self.table_z - centre[2]), t_table, out=t_table)
+            table = t_table > 0
+            table &= ~hit
+            mask = table.view(np.uint8)
+            cv2.copyTo(t_table, mask, t)
+            np.multiply(dz, self._inv_norm, out=t_table)
+            np.negative(t_table, out=t_table)
+            cv2.copyTo(t_table, mask, cos)
             np.copyto(albedo, np.float32(cfg.table_albedo), where=table)
             seen = hit | table
         else:
@@ -276,8 +383,8 @@ class NirSimulator:
         np.copyto(albedo, albedo * a, where=hit)
 
         # NIR intensity: albedo * illumination * cos * (reference / range)^2 + ambient.
-        img = self._img
-        np.maximum(t, np.float32(1e-6), out=b)
+        img = scene.ir
+        cv2.max(t, 1e-6, dst=b)
         np.multiply(b, np.float32(1.0 / cfg.reference_range_m), out=b)
         np.multiply(b, b, out=b)                # (z / reference)^2
         np.multiply(albedo, cos, out=img)
@@ -288,33 +395,25 @@ class NirSimulator:
         img *= self._inv_norm
         img += np.float32(cfg.ambient_dn)
 
-        rng = np.random.default_rng((self.seed, int(frame_index)))
-        draws = rng.integers(0, 256, (cfg.height, cfg.width), dtype=np.uint8)
-        noise = cv2.LUT(draws, self._gauss_lut, dst=self._noise)
-        np.multiply(img, np.float32(cfg.shot_noise_dn), out=b)
-        b += np.float32(cfg.read_noise_dn ** 2)
-        np.sqrt(b, out=b)
-        noise *= b
-        img += noise
-        np.clip(img, 0.0, 255.0, out=img)
-        np.rint(img, out=img)
-        ir = img.astype(np.uint8)
+        # Standard deviation of the NIR noise: read noise plus shot noise.
+        sigma = scene.ir_sigma
+        np.multiply(img, np.float32(cfg.shot_noise_dn), out=sigma)
+        sigma += np.float32(cfg.read_noise_dn ** 2)
+        cv2.sqrt(sigma, dst=sigma)
 
-        # Depth: z in depth units with z^2 noise, correlated over a few pixels.
-        low_noise = rng.standard_normal(self._low_shape).astype(np.float32)
-        cv2.resize(low_noise, (cfg.width, cfg.height), dst=b, interpolation=cv2.INTER_LINEAR)
-        np.multiply(t, t, out=a)
-        a *= self._depth_sigma
-        b *= a
-        b += t
+        # Depth: z in depth units; its noise sigma = depth_noise_per_m * z^2 (with the
+        # interpolation's variance restored); both 0 where there is no depth.
         valid = seen & (cos >= np.float32(cfg.grazing_cos))
         valid &= t >= np.float32(cfg.min_range_m)
         valid &= t <= np.float32(cfg.max_range_m)
-        b *= np.float32(1.0 / cfg.depth_scale)
-        np.rint(b, out=b)
-        np.clip(b, 0.0, 65535.0, out=b)
-        b[~valid] = 0.0
-        return ir, b.astype(np.uint16)
+        invalid = ~valid
+        np.multiply(t, np.float32(1.0 / cfg.depth_scale), out=scene.depth)
+        scene.depth[invalid] = 0.0
+        d_sigma = scene.depth_sigma
+        np.multiply(t, t, out=d_sigma)
+        d_sigma *= self._depth_sigma
+        d_sigma *= np.float32(1.0 / cfg.depth_scale)
+        d_sigma[invalid] = 0.0
 
     # -- internals ------------------------------------------------------------------------
     def _skin_shading(self, rot: np.ndarray, origin: tuple[float, float, float],
@@ -364,7 +463,14 @@ class NirSimulator:
             strength = cfg.vein_contrast * np.exp(-top / cfg.vein_decay_m)
             sigma = 0.75 * half + cfg.vein_blur_per_depth * top
             # Distance across the vein (perpendicular to its course) from the hit point.
-            lateral = (xh - (xc[index] - p.axis_x - off[0])) / np.sqrt(1.0 + slope[index] ** 2)
-            dark = strength[index] * np.exp(-0.5 * (lateral / sigma[index]) ** 2)
-            shade *= (1.0 - dark * hit).astype(np.float32)
+            centre = xc - p.axis_x - off[0]
+            lateral = xh - np.take(centre, index)
+            lateral /= np.take(np.sqrt(1.0 + slope ** 2), index)
+            lateral /= np.take(sigma, index)
+            lateral *= lateral
+            lateral *= -0.5
+            dark = np.exp(lateral, out=lateral)
+            dark *= np.take(strength, index)
+            dark *= hit
+            shade *= (1.0 - dark).astype(np.float32)
         return shade

@@ -14,7 +14,7 @@ The model is the usual convolution model of a B-mode image, in 2D:
 - Scatterers are a complex Gaussian field. Most of it is tissue-fixed (a hash of the
   tissue point, so a still probe sees the same speckle and a moving one sees it move and
   decorrelate); ``speckle_decorrelation`` of its variance, plus the electronic noise, is
-  redrawn every frame from ``np.random.default_rng((seed, frame_index))``.
+  fresh in every frame (see "Speed" below for how it is drawn).
 - Specular reflectors add a coherent term: the vein walls (strongest where the wall faces
   the beam, fading at the sides) and the needle (a bright line where it lies within the
   slice thickness of the image plane, with a comet tail of reverberations below it).
@@ -31,16 +31,41 @@ The model is the usual convolution model of a B-mode image, in 2D:
 
 Attenuation values follow soft-tissue tables (one-way dB/cm/MHz: fat ~0.6, skin and
 muscle ~0.7, blood ~0.18) and are applied both ways (round trip).
+
+Speed (a render runs at 30 Hz inside the 1 kHz physics loop):
+
+- Everything that depends on the scene alone (labels, echo and attenuation maps, TGC and
+  coupling, the tissue-fixed speckle, the walls' and septa's specular echoes, the scale
+  of the fresh noise) is cached, keyed exactly on what it depends on: the bytes of the
+  4x4 pose and the phantom state's values that move tissue (see :func:`state_key`). Two
+  scenes are cached; a frame of an unchanged scene only adds the fresh noise and the
+  needle to the cached field, blurs it and log-compresses it. ``scene_updates`` counts
+  the scenes computed.
+- The fresh noise comes from a bank of standard normals drawn once per seed (two fields
+  of ``rows + 64 * sr`` by ``cols + 64 * sc``, about six frames' worth), from which a
+  frame takes a ``rows x cols`` window at offset ``(i * sr, j * sc)``. The window index
+  ``(i, j)`` (one of 64 x 64) is a seeded random permutation of ``frame_index`` modulo
+  4096, so a frame is a pure function of ``(seed, frame_index)``, the frames of any 4096
+  in a row (2 min 16 s at 30 Hz) all use different windows, and consecutive frames'
+  windows are not a fixed shift apart. The strides ``sr, sc`` are four PSF sigmas
+  (axial, lateral; 4 and 8 pixels with the defaults). The fresh noise matters after the
+  PSF, and there two different windows correlate at the same pixel by at most
+  ``exp(-4) ~ 0.02`` (blurred white noise at a lag of four sigmas: two neighbouring
+  windows, which a random permutation makes consecutive for ~1 frame in 1000; windows
+  farther apart share no samples within the kernel). So from frame to frame the fresh
+  speckle and the electronic noise are as uncorrelated as freshly drawn ones, with the
+  same Gaussian statistics. The noise repeats after 4096 frames (identical only if the
+  scene is too).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.special import ndtri
 
 from ir_guidance.sim.phantom import (
     AIR,
@@ -59,6 +84,8 @@ _DB_20_LN10 = 20.0 / math.log(10.0)
 _NOISE_BANK = 1 << 16           # tissue-fixed scatterer amplitudes, indexed by a hash
 _Y_TABLE_STEP = 2.0e-5          # m: spacing of the per-y vein geometry table
 _COARSE_STEP = 8                # pixels: grid of the pass that boxes each vein
+_FRESH_WINDOWS = 64             # fresh-noise bank: windows per axis (64 x 64 frames)
+_SCENE_CACHE = 2                # scenes kept (their frame-independent maps)
 
 
 # Per label (AIR, SKIN, FAT, MUSCLE, WALL, LUMEN): backscatter amplitude in dB re a unit
@@ -192,11 +219,64 @@ def _rigid(pose: np.ndarray, name: str) -> np.ndarray:
     return t
 
 
+def state_key(phantom: Phantom, state: PhantomState | None) -> bytes | None:
+    """The values of ``state`` that move the phantom's tissue, exactly (float64 bytes).
+
+    What :meth:`Phantom.offset` and :meth:`Phantom.vein_geometry` read: the time only
+    when the arm drifts (``motion_amplitude != 0``), the probe's force and position only
+    when it presses (a force <= 0 squeezes nothing, wherever the probe is), and every
+    vein's roll. Equal keys mean equal geometry; no rounding, so two different scenes
+    never share one (-0.0 and 0.0 even count as different).
+    """
+    if state is None:
+        return None
+    force = float(state.probe_force_n)
+    if force <= 0.0:
+        values = [0.0, 0.0, 0.0]
+    else:
+        px, py = state.probe_xy
+        values = [force, float(px), float(py)]
+    values.append(float(state.time_s) if phantom.motion_amplitude != 0.0 else 0.0)
+    values.extend(float(r) for r in state.roll)
+    return np.array(values, dtype=np.float64).tobytes()
+
+
+@functools.lru_cache(maxsize=8)
+def noise_bank(seed: int, stream: int, shape: tuple[int, ...], windows: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Standard normals (float32, read-only) and a permutation of ``range(windows)``.
+
+    Drawn once per seed and shape and shared by every simulator that asks (read-only:
+    safe across threads).
+    """
+    rng = np.random.default_rng((seed, stream))
+    bank = rng.standard_normal(shape, dtype=np.float32)
+    order = rng.permutation(windows)
+    bank.flags.writeable = False
+    order.flags.writeable = False
+    return bank, order
+
+
+class _Scene:
+    """The frame-independent maps of one scene (one cache entry)."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.key: tuple[bytes, bytes | None] | None = None
+        self.phantom: Phantom | None = None
+        # Tissue-fixed field (speckle + specular echoes), real and imaginary; the standard
+        # deviation of the fresh noise; the gain (TGC, attenuation, coupling) per pixel.
+        self.re = np.empty(shape, np.float32)
+        self.im = np.empty(shape, np.float32)
+        self.fresh = np.empty(shape, np.float32)
+        self.gain = np.empty(shape, np.float32)
+
+
 class UltrasoundSimulator:
     """Renders B-mode frames of the phantom seen by a linear probe; see the module docs.
 
     Not thread-safe: one simulator reuses its work buffers from frame to frame (a 30 Hz
-    renderer must not page-fault fresh arrays in every frame).
+    renderer must not page-fault fresh arrays in every frame). It caches the last two
+    scenes' maps (see the module docs); ``scene_updates`` counts the scenes computed.
     """
 
     def __init__(self, phantom: Phantom, config: UltrasoundConfig | None = None,
@@ -223,10 +303,16 @@ class UltrasoundSimulator:
         self._bank = bank.astype(np.float32)
         self._hash_salt = np.uint32(int(rng.integers(0, 2 ** 32)))
         self._phase = rng.uniform(0.0, 2 * np.pi, 8)
-        # Fresh noise: uint8 draws mapped to Gaussian quantiles (fast, exactly unit variance).
-        q = ndtri((np.arange(256) + 0.5) / 256)
-        q *= noise_gain / (np.sqrt(np.mean(q ** 2)) * math.sqrt(2))
-        self._gauss_lut = q.astype(np.float32).reshape(256, 1)
+        # Fresh noise: windows of a bank of standard normals (see the module docs), scaled
+        # to complex unit variance through the blur; window strides of four PSF sigmas.
+        self._fresh_gain = np.float32(noise_gain / math.sqrt(2))
+        self._fresh_stride = (math.ceil(4 * sy), math.ceil(4 * sx))
+        bank_shape = (2, cfg.rows + _FRESH_WINDOWS * self._fresh_stride[0],
+                      cfg.cols + _FRESH_WINDOWS * self._fresh_stride[1])
+        self._fresh_bank, self._fresh_order = noise_bank(
+            self.seed, 0xF8E5, bank_shape, _FRESH_WINDOWS ** 2)
+        self._scenes: list[_Scene] = []
+        self.scene_updates = 0
         # Per-label tables, TGC (+ overall gain) and the electronic noise behind it.
         per_pixel = 2 * cfg.attenuation_db_cm_mhz * cfg.frequency_mhz * axial * 100.0
         self._echo_lut = _label_lut(cfg.echo_db)
@@ -242,7 +328,6 @@ class UltrasoundSimulator:
         f32 = [np.empty(shape, np.float32) for _ in range(12)]
         (self._x, self._y, self._z, self._depth, self._spec, self._att, self._gain,
          self._amp, self._tex, self._tex2, self._re, self._im) = f32
-        self._fresh = np.empty((2 * cfg.rows, cfg.cols), np.float32)
         self._blurred = np.empty((2, *shape), np.float32)
         self._integral = np.empty((cfg.rows + 1, cfg.cols + 1), np.float32)
         self._index = np.empty(shape, np.intp)
@@ -290,19 +375,78 @@ class UltrasoundSimulator:
         """One B-mode frame (uint8, rows x cols) from the pose of ``us_image_frame``.
 
         ``needle`` is ``(tip, axis)`` in the world frame (axis: the insertion direction;
-        the shaft runs ``needle_length_m`` back from the tip), or None. The noise comes
-        from ``np.random.default_rng((seed, frame_index))``: a frame is a pure function
-        of its arguments.
+        the shaft runs ``needle_length_m`` back from the tip), or None. The fresh noise
+        is a function of ``(seed, frame_index)``: a frame is a pure function of its
+        arguments, whatever was rendered before (the scene cache only saves time).
         """
         cfg = self.config
-        pose = _rigid(image_pose, 'image_pose')
+        pose, pose_key = self._pose(image_pose)
         if needle is not None:
             needle = _needle_line(needle)
+        scene = self._scene(pose, pose_key, state)
+
+        # Complex field before the PSF: the scene's (tissue-fixed speckle, specular echoes)
+        # plus this frame's fresh scatterers and electronic noise, plus the needle.
+        re, im = self._re, self._im
+        n_re, n_im = self._fresh_noise(frame_index)
+        cv2.multiply(n_re, scene.fresh, dst=re)
+        cv2.add(re, scene.re, dst=re)
+        cv2.multiply(n_im, scene.fresh, dst=im)
+        cv2.add(im, scene.im, dst=im)
+        if needle is not None:
+            self._needle_echo(pose, needle, re, scene.gain)
+        b_re, b_im = self._blurred
+        cv2.GaussianBlur(re, dst=b_re, **self._blur)
+        cv2.GaussianBlur(im, dst=b_im, **self._blur)
+        level = cv2.magnitude(b_re, b_im, magnitude=re)
+        np.maximum(level, np.float32(1e-12), out=level)
+        cv2.log(level, dst=level)
+        scale = 255.0 / cfg.dynamic_range_db
+        level *= np.float32(_DB_20_LN10 * scale)
+        level += np.float32((cfg.dynamic_range_db - cfg.white_db) * scale)
+        np.clip(level, 0.0, 255.0, out=level)
+        return level.astype(np.uint8)
+
+    # -- internals ------------------------------------------------------------------------
+    def _pose(self, image_pose: np.ndarray) -> tuple[np.ndarray, bytes]:
+        """The validated pose (float64) and its bytes (a cached scene's pose is not rechecked)."""
+        t = np.asarray(image_pose, dtype=float)
+        if t.shape == (4, 4):
+            key = t.tobytes()
+            if any(s.key is not None and s.key[0] == key for s in self._scenes):
+                return t, key
+        t = _rigid(t, 'image_pose')
+        return t, t.tobytes()
+
+    def _scene(self, pose: np.ndarray, pose_key: bytes, state: PhantomState | None
+               ) -> _Scene:
+        """The cached maps of the scene, computed if it is not one of the last two."""
+        key = (pose_key, state_key(self.phantom, state))
+        for i, scene in enumerate(self._scenes):
+            if scene.key == key and scene.phantom is self.phantom:
+                if i:
+                    self._scenes.insert(0, self._scenes.pop(i))
+                return scene
+        if len(self._scenes) < _SCENE_CACHE:
+            scene = _Scene((self.config.rows, self.config.cols))
+        else:
+            scene = self._scenes.pop()
+        scene.key = scene.phantom = None
+        self._scenes.insert(0, scene)
+        self._compute_scene(pose, state, scene)
+        scene.key, scene.phantom = key, self.phantom
+        self.scene_updates += 1
+        return scene
+
+    def _compute_scene(self, pose: np.ndarray, state: PhantomState | None, scene: _Scene
+                       ) -> None:
+        """Fill ``scene`` with the frame-independent maps of the image at ``pose``."""
+        cfg = self.config
         lab = self._geometry(pose, state)
 
         # Gain of the beam line down to each pixel: TGC minus the round-trip attenuation
         # integrated through the labels (value at the pixel centre); zero where lost.
-        att, gain = self._att, self._gain
+        att, gain = self._att, scene.gain
         cv2.LUT(lab, self._atten_lut, dst=att)
         cv2.integral(att, sum=self._integral, sdepth=cv2.CV_32F)
         np.subtract(self._integral[1:, 1:], self._integral[1:, :-1], out=gain)
@@ -321,46 +465,35 @@ class UltrasoundSimulator:
         cv2.exp(amp, dst=amp)
         amp *= gain
 
-        # Coherent (specular) echoes: vein walls, needle.
+        # Coherent (specular) echoes of the tissue: vein walls, septa, fascia.
         coherent = self._spec
-        if needle is not None:
-            self._needle_echo(pose, needle, coherent)
         coherent *= gain
 
-        # Complex field before the PSF: tissue-fixed and fresh scatterers, coherent echoes,
-        # electronic noise (combined with the fresh part: independent Gaussians add).
-        rng = np.random.default_rng((self.seed, int(frame_index)))
-        draws = rng.integers(0, 256, (2 * cfg.rows, cfg.cols), dtype=np.uint8)
-        fresh = cv2.LUT(draws, self._gauss_lut, dst=self._fresh)
-        re, im = self._tissue_noise()
+        # Standard deviation of the fresh part: the redrawn share of the speckle and the
+        # electronic noise (independent Gaussians add), per unit-variance draw.
         q = np.float32(cfg.speckle_decorrelation)
-        c_fresh = self._tex2
-        np.multiply(amp, amp, out=c_fresh)
-        c_fresh *= q
-        c_fresh += self._noise_power
-        cv2.sqrt(c_fresh, dst=c_fresh)
+        fresh = scene.fresh
+        np.multiply(amp, amp, out=fresh)
+        fresh *= q
+        fresh += self._noise_power
+        cv2.sqrt(fresh, dst=fresh)
+        fresh *= self._fresh_gain
+        # The tissue-fixed part of the field.
+        re, im = self._tissue_noise()
         amp *= np.float32(math.sqrt(1.0 - cfg.speckle_decorrelation))
-        re *= amp
-        im *= amp
-        f_re, f_im = fresh[:cfg.rows], fresh[cfg.rows:]
-        f_re *= c_fresh
-        f_im *= c_fresh
-        re += f_re
-        re += coherent
-        im += f_im
-        b_re, b_im = self._blurred
-        cv2.GaussianBlur(re, dst=b_re, **self._blur)
-        cv2.GaussianBlur(im, dst=b_im, **self._blur)
-        level = cv2.magnitude(b_re, b_im, magnitude=re)
-        np.maximum(level, np.float32(1e-12), out=level)
-        cv2.log(level, dst=level)
-        scale = 255.0 / cfg.dynamic_range_db
-        level *= np.float32(_DB_20_LN10 * scale)
-        level += np.float32((cfg.dynamic_range_db - cfg.white_db) * scale)
-        np.clip(level, 0.0, 255.0, out=level)
-        return level.astype(np.uint8)
+        np.multiply(re, amp, out=scene.re)
+        scene.re += coherent
+        np.multiply(im, amp, out=scene.im)
 
-    # -- internals ------------------------------------------------------------------------
+    def _fresh_noise(self, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The frame's window of the fresh-noise bank (real, imaginary; read-only views)."""
+        cfg = self.config
+        window = int(self._fresh_order[int(frame_index) % len(self._fresh_order)])
+        r = window // _FRESH_WINDOWS * self._fresh_stride[0]
+        c = window % _FRESH_WINDOWS * self._fresh_stride[1]
+        bank = self._fresh_bank
+        return bank[0, r:r + cfg.rows, c:c + cfg.cols], bank[1, r:r + cfg.rows, c:c + cfg.cols]
+
     def _geometry(self, pose: np.ndarray, state: PhantomState | None) -> np.ndarray:
         """Labels of the pixels (a fast :meth:`Phantom.labels` for the image grid).
 
@@ -417,10 +550,12 @@ class UltrasoundSimulator:
         spec_amp = np.float32(10.0 ** (cfg.wall_specular_db / 20.0))
         tissue = lab > AIR
 
-        def lookup(table: np.ndarray, ys: np.ndarray) -> np.ndarray:
-            index = np.rint((ys - np.float32(y_lo)) * per_m).astype(np.intp)
-            np.clip(index, 0, n - 1, out=index)
-            return table[:, index]
+        # Table row of every pixel; a lookup gives (x, z, a, b) from the (n, 4) table.
+        rows = np.rint((y - np.float32(y_lo)) * per_m).astype(np.intp)
+        np.clip(rows, 0, n - 1, out=rows)
+
+        def lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+            return np.moveaxis(np.take(table, index, axis=0), -1, 0)
 
         for i, vein in enumerate(p.veins):
             g = p.vein_geometry(i, table_y + ref[1], state)
@@ -428,8 +563,8 @@ class UltrasoundSimulator:
                               for k in ('x', 'z', 'a', 'b')])
             table[0] -= ref[0]
             table[1] -= ref[2]
-            table = table.astype(np.float32)
-            xc, zc, a, b = lookup(table, y[coarse])
+            table = np.ascontiguousarray(table.T, dtype=np.float32)
+            xc, zc, a, b = lookup(table, rows[coarse])
             near = ((x[coarse] - xc) / (a + vein.wall + margin)) ** 2 \
                 + ((z[coarse] - zc) / (b + vein.wall + margin)) ** 2 < 1
             rr, cc = np.nonzero(near)
@@ -437,7 +572,7 @@ class UltrasoundSimulator:
                 continue
             box = (slice(max(0, (rr.min() - 1) * step), min(cfg.rows, (rr.max() + 1) * step + 1)),
                    slice(max(0, (cc.min() - 1) * step), min(cfg.cols, (cc.max() + 1) * step + 1)))
-            xc, zc, a, b = lookup(table, y[box])
+            xc, zc, a, b = lookup(table, rows[box])
             wall = np.float32(vein.wall)
             ao, bo = a + wall, b + wall
             dx = x[box] - xc
@@ -577,8 +712,11 @@ class UltrasoundSimulator:
         return seen
 
     def _needle_echo(self, pose: np.ndarray, needle: tuple[np.ndarray, np.ndarray],
-                     out: np.ndarray) -> None:
-        """Add the coherent echo of the needle shaft within the slice, with its comet tail."""
+                     out: np.ndarray, gain: np.ndarray) -> None:
+        """Add the needle shaft's coherent echo (within the slice, with its comet tail).
+
+        The echo is weighted by the beam lines' ``gain`` and added to ``out``.
+        """
         cfg = self.config
         tip, axis = needle
         rot, origin = pose[:3, :3], pose[:3, 3]
@@ -632,7 +770,7 @@ class UltrasoundSimulator:
         cos = abs(direction[0]) / in_plane if in_plane > 1e-12 else 1.0
         strength = 10.0 ** (cfg.needle_db / 20.0) * (0.35 + 0.65 * cos ** 6)
         line = (strength * elevation * np.exp(-0.5 * dist2 / sigma ** 2)).astype(np.float32)
-        out[r_lo:r_hi, c_lo:c_hi] += line
+        out[r_lo:r_hi, c_lo:c_hi] += line * gain[r_lo:r_hi, c_lo:c_hi]
         # Comet tail: reverberations inside the shaft, one diameter apart, fading.
         spacing = max(1, round(cfg.needle_diameter_m / axial))
         amp = 1.0
@@ -642,7 +780,7 @@ class UltrasoundSimulator:
             if lo >= cfg.rows:
                 break
             hi = min(cfg.rows, r_hi + k * spacing)
-            out[lo:hi, c_lo:c_hi] += np.float32(amp) * line[:hi - lo]
+            out[lo:hi, c_lo:c_hi] += np.float32(amp) * line[:hi - lo] * gain[lo:hi, c_lo:c_hi]
 
 
 def _needle_line(needle: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
