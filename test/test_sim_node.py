@@ -85,7 +85,6 @@ def lockstep(ros_context, executor):
     yield sim, controller
     executor.remove_node(sim)
     executor.remove_node(controller.node)
-    sim.sim.close()
     sim.destroy_node()
     controller.node.destroy_node()
 
@@ -180,6 +179,5 @@ def test_realtime_mode_runs_by_itself(ros_context, executor):
     finally:
         executor.remove_node(sim)
         executor.remove_node(controller.node)
-        sim.sim.close()
         sim.destroy_node()
         controller.node.destroy_node()

@@ -59,7 +59,6 @@ def insertion(phantom):
         rho.append(sim.phantom.vein_coordinates(out.truth.needle_tip[:3, 3], sim.state)[1][0])
         if 'back_wall_puncture' in out.truth.events:
             break
-    sim.close()
     axial = np.array([-(o.truth.needle_force @ axis) for o in outputs])
     events = [(i, e) for i, o in enumerate(outputs) for e in o.truth.events]
     return {'sim': sim, 'outputs': outputs, 'axial': axial, 'events': events,
@@ -129,7 +128,6 @@ def test_same_seed_same_stream(phantom):
     for seed in (3, 3, 4):
         sim = Simulator(phantom, SimSettings(seed=seed))
         hashes.append(stream_hash(sim.run(0.25)))
-        sim.close()
     assert hashes[0] == hashes[1]
     assert hashes[0] != hashes[2]
 
@@ -137,7 +135,6 @@ def test_same_seed_same_stream(phantom):
 def test_images_arrive_late_with_their_capture_time(phantom):
     sim = Simulator(phantom, SimSettings(us_hz=30.0, nir_hz=15.0, image_latency_s=0.02))
     outputs = sim.run(0.3)
-    sim.close()
     us = [(o.tick, o.us_time_s, o.frames['us']) for o in outputs if o.us_image is not None]
     nir = [(o.tick, o.nir_time_s) for o in outputs if o.nir_image is not None]
     assert [k for _, _, k in us] == list(range(len(us)))
@@ -167,7 +164,6 @@ def test_bad_command_is_refused_and_the_arm_holds(phantom, bad):
     np.testing.assert_array_equal(sim.last_command, held)
     after = sim.run(0.2)[-1].joint_positions
     assert np.max(np.abs(after - before)) < 1e-4
-    sim.close()
 
 
 def test_lumen_is_dark_in_the_simulated_ultrasound(phantom):
@@ -175,7 +171,6 @@ def test_lumen_is_dark_in_the_simulated_ultrasound(phantom):
     q, _ = aligned_start(phantom, press=0.001)
     sim = Simulator(phantom, SimSettings(image_latency_s=0.0), initial=q)
     outputs = sim.run(0.2)
-    sim.close()
     out = [o for o in outputs if o.us_image is not None][-1]
     y = phantom.center_y
     centre = phantom.centerline(0, np.array([y]), sim.state)

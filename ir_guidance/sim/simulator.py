@@ -3,13 +3,15 @@
 Each tick (1 ms by default) the needle-tissue model turns the needle's pose into a
 force, MuJoCo advances the arm under its position servos, that force and the probe's
 contact, and the F/T sensor is read. Images are captured on their own schedules (30 Hz
-by default): at the capture tick the scene (poses, deformation, needle) is copied and
-rendered on a worker thread while physics goes on, and the frame is delivered
-``image_latency_s`` later, as a real frame grabber or camera delivers it late. The
-delivery tick is fixed and the render depends only on the copied scene, so threads
-change nothing in the output. Nothing here reads a wall clock or an unseeded random
-generator: the same phantom, seed and commands give the same outputs, bit for bit
-(``stream_hash`` checks it).
+by default): at the capture tick the scene (poses, deformation, needle) is rendered and
+the frame is delivered ``image_latency_s`` later, stamped with its capture time, as a
+real frame grabber or camera delivers it late. (Rendering on worker threads was
+measured slower: the GIL hand-offs cost the 1 kHz physics loop more than the renders
+saved.) The scene is snapped to sensor precision before rendering
+(:func:`snap_pose`, :func:`snap_state`: 10 µm, ~2e-5 rad, 5 mN, 1 µm of roll, each far
+below a pixel), so micro-motions of a holding arm reuse the renderers' cached scene.
+Nothing here reads a wall clock or an unseeded random generator: the same phantom, seed
+and commands give the same outputs, bit for bit (``stream_hash`` checks it).
 
 A command is validated before it reaches the servos: wrong length, NaN/inf or a
 position outside the joint limits raises :class:`SimCommandError` and the last valid
@@ -18,24 +20,57 @@ command stays in force, so a bad message can never move the simulated arm.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from transforms3d.quaternions import mat2quat, quat2mat
 
 from ir_guidance import config, rig_description
 from ir_guidance.sim.needle_tissue import NeedleForce, NeedleTissueModel
 from ir_guidance.sim.nir import CameraConfig, NirSimulator
-from ir_guidance.sim.phantom import Phantom
+from ir_guidance.sim.phantom import Phantom, PhantomState
 from ir_guidance.sim.physics import RigPhysics
 from ir_guidance.sim.ultrasound import UltrasoundConfig, UltrasoundSimulator
 
 
 class SimCommandError(ValueError):
     """A joint command the simulated hardware refuses; the previous one stays active."""
+
+
+# Rendering precision: well below the US pixel (~0.15 mm) and the NIR pixel at 10 cm
+# (~0.16 mm), and below any deformation the images can show.
+POSE_QUANTUM_M = 1e-5
+QUATERNION_QUANTUM = 1e-5
+FORCE_QUANTUM_N = 5e-3
+ROLL_QUANTUM_M = 1e-6
+
+
+def _snap(value: float | np.ndarray, quantum: float) -> float | np.ndarray:
+    return np.round(np.asarray(value, dtype=float) / quantum) * quantum
+
+
+def snap_pose(pose: np.ndarray) -> np.ndarray:
+    """``pose`` with its position on a 10 µm grid and its rotation on a quaternion grid.
+
+    The rotation stays exactly orthonormal (it is rebuilt from a normalised quaternion).
+    """
+    q = mat2quat(pose[:3, :3])
+    q = _snap(q if q[0] >= 0 else -q, QUATERNION_QUANTUM)
+    snapped = np.eye(4)
+    snapped[:3, :3] = quat2mat(q / np.linalg.norm(q))
+    snapped[:3, 3] = _snap(pose[:3, 3], POSE_QUANTUM_M)
+    return snapped
+
+
+def snap_state(state: PhantomState) -> PhantomState:
+    """A copy of ``state`` with force, probe position and roll at rendering precision."""
+    return PhantomState(time_s=state.time_s,
+                        probe_force_n=float(_snap(state.probe_force_n, FORCE_QUANTUM_N)),
+                        probe_xy=tuple(float(v) for v in _snap(state.probe_xy, POSE_QUANTUM_M)),
+                        roll=[float(_snap(r, ROLL_QUANTUM_M)) for r in state.roll])
 
 
 @dataclass(frozen=True)
@@ -128,13 +163,12 @@ class Simulator:
         self._command = start.copy()
         self.tick = 0
         self._next = {'us': 0, 'nir': 0}  # index of the next frame of each stream
-        # One worker per stream: a renderer is used by one thread at a time.
-        self._workers = {name: ThreadPoolExecutor(1, thread_name_prefix=f'sim-{name}')
-                         for name in self._next}
+        # Tick at which each stream's next frame is due (frame k at t = k / rate).
+        self._due_tick = {'us': 0, 'nir': 0}
         self._latency_ticks = max(
             0, round(self.settings.image_latency_s * self.settings.physics_hz))
-        # Frames in flight: (delivery tick, frame index, capture time, pose, future).
-        self._pending: dict[str, list[tuple[int, int, float, np.ndarray, Future]]] = {
+        # Frames in flight: (delivery tick, frame index, capture time, pose, image).
+        self._pending: dict[str, list[tuple[int, int, float, np.ndarray, Any]]] = {
             name: [] for name in self._next}
 
     # -- commands -------------------------------------------------------------------------
@@ -143,18 +177,18 @@ class Simulator:
         if x.shape != (len(self.joint_names),):
             raise SimCommandError(f'expected {len(self.joint_names)} joint positions '
                                   f'{self.joint_names}, got shape {x.shape}')
-        if not np.all(np.isfinite(x)):
-            raise SimCommandError(f'joint command not finite: {x.tolist()}')
-        outside = (x < self._lower - 1e-9) | (x > self._upper + 1e-9)
-        if outside.any():
-            names = [n for n, o in zip(self.joint_names, outside, strict=True) if o]
+        inside = (x >= self._lower - 1e-9) & (x <= self._upper + 1e-9)  # False for NaN
+        if not inside.all():
+            if not np.all(np.isfinite(x)):
+                raise SimCommandError(f'joint command not finite: {x.tolist()}')
+            names = [n for n, ok in zip(self.joint_names, inside, strict=True) if not ok]
             raise SimCommandError(f'joint command outside limits for {names}')
         return x
 
     def command(self, positions: np.ndarray) -> None:
         """Set the servo targets (command order = config joint order)."""
         self._command = self._check(positions).copy()
-        self.physics.set_command(self._command)
+        self.physics.set_command(self._command, checked=True)
 
     @property
     def last_command(self) -> np.ndarray:
@@ -194,43 +228,39 @@ class Simulator:
 
     def _due(self, stream: str, rate_hz: float) -> int | None:
         """The frame index due at this tick, if any (frame k at t = k / rate)."""
+        if self.tick < self._due_tick[stream]:
+            return None
         k = self._next[stream]
-        if self.tick >= math.ceil(k * self.settings.physics_hz / rate_hz - 1e-9):
-            self._next[stream] = k + 1
-            return k
-        return None
+        self._next[stream] = k + 1
+        self._due_tick[stream] = math.ceil((k + 1) * self.settings.physics_hz / rate_hz - 1e-9)
+        return k
 
     def _render_due(self, out: TickOutput) -> None:
-        """Start the captures due this tick and attach the frames due for delivery."""
+        """Capture the frames due this tick and attach the frames due for delivery."""
         needle_tip = out.truth.needle_tip
         for name, rate, frame in (('us', self.settings.us_hz, self.frames['us_image']),
                                   ('nir', self.settings.nir_hz,
                                    self.frames['camera_optical'])):
             k = self._due(name, rate)
             if k is not None:
-                pose = self.physics.frame_pose(frame)
-                scene = copy.deepcopy(self.state)
+                pose = snap_pose(self.physics.frame_pose(frame))
+                scene = snap_state(self.state)
                 if name == 'us':
-                    needle = (needle_tip[:3, 3].copy(), needle_tip[:3, 2].copy())
-                    job = self._workers[name].submit(self.us.render, pose, scene, needle, k)
+                    needle = (needle_tip[:3, 3], needle_tip[:3, 2])
+                    image = self.us.render(pose, scene, needle, k)
                 else:
-                    job = self._workers[name].submit(self.nir.render, pose, scene, k)
+                    image = self.nir.render(pose, scene, k)
                 self._pending[name].append(
-                    (self.tick + self._latency_ticks, k, self.time_s, pose, job))
+                    (self.tick + self._latency_ticks, k, self.time_s, pose, image))
             pending = self._pending[name]
             while pending and pending[0][0] <= self.tick:
-                _, k, captured, pose, job = pending.pop(0)
+                _, k, captured, pose, image = pending.pop(0)
                 out.frames[name] = k
                 if name == 'us':
-                    out.us_image, out.us_pose, out.us_time_s = job.result(), pose, captured
+                    out.us_image, out.us_pose, out.us_time_s = image, pose, captured
                 else:
-                    (out.nir_image, out.depth_image), out.camera_pose = job.result(), pose
+                    (out.nir_image, out.depth_image), out.camera_pose = image, pose
                     out.nir_time_s = captured
-
-    def close(self) -> None:
-        """Stop the render workers (frames still in flight are dropped)."""
-        for worker in self._workers.values():
-            worker.shutdown(wait=True, cancel_futures=True)
 
     def run(self, seconds: float) -> list[TickOutput]:
         """Step for ``seconds`` of simulated time with the current command."""
