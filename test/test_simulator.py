@@ -181,3 +181,15 @@ def test_lumen_is_dark_in_the_simulated_ultrasound(phantom):
     lumen = out.us_image[r - 2:r + 3, c - 5:c + 6].mean()
     fat = out.us_image[round(r - 3.5 * px):round(r - 2.5 * px), c - 5:c + 6].mean()
     assert lumen < 0.5 * fat
+
+
+def test_arm_drift_moves_the_forearm_and_the_veins_together(phantom):
+    """With motion on, MuJoCo's forearm and the phantom's geometry drift as one."""
+    drifting = Phantom(veins=phantom.veins, motion_amplitude=2e-3, motion_period_s=0.4)
+    sim = Simulator(drifting, SimSettings(sensors=False))
+    rest = sim.physics.frame_pose('forearm')[:3, 3]
+    for _ in range(100):  # a quarter period: the largest lateral offset
+        sim.step()
+    moved = sim.physics.frame_pose('forearm')[:3, 3] - rest
+    np.testing.assert_allclose(moved, drifting.offset(sim.state), atol=1e-12)
+    assert moved[0] == pytest.approx(2e-3)

@@ -24,11 +24,12 @@ into MuJoCo and adds what a URDF cannot say:
   forces). Gravity is compensated on every moving body (MuJoCo ``gravcomp``, a
   joint-space force like a controller's feed-forward), so holding a pose does not sag.
 - **Forearm and table.** The forearm of :class:`~ir_guidance.sim.phantom.Phantom` is a
-  static cylinder along world y with a compliant, skin-like contact (``skin_stiffness``,
+  cylinder along world y with a compliant, skin-like contact (``skin_stiffness``,
   default 1 N/mm of indentation under the probe face, linear), lying on a rigid table
   box. Only the probe body collides, through two explicit contact pairs (probe-forearm,
   probe-table); every other geom has collisions off, which keeps collision nearly free.
-  The forearm does not drift here (the phantom's ``motion_amplitude`` is not modelled).
+  The forearm is a mocap body: forces cannot move it, :meth:`RigPhysics.move_forearm`
+  does (the simulator follows the phantom's slow drift with it).
 - **F/T sensor.** MuJoCo ``force`` and ``torque`` sensors at a site on the
   ``ft_sensor_frame`` body measure the wrench between that body (with everything it
   carries: tool plate, probe, needle stage, camera) and its parent, the sensor body on
@@ -153,6 +154,8 @@ class RigPhysics:
         self._tip_body = find(mujoco.mjtObj.mjOBJ_BODY, NEEDLE_TIP_BODY)
         self._probe_geom = find(mujoco.mjtObj.mjOBJ_GEOM, 'probe')
         self._forearm_geom = find(mujoco.mjtObj.mjOBJ_GEOM, 'forearm')
+        self._forearm_mocap = int(m.body_mocapid[find(mujoco.mjtObj.mjOBJ_BODY, 'forearm')])
+        self._forearm_rest = np.array(m.body_pos[find(mujoco.mjtObj.mjOBJ_BODY, 'forearm')])
         self._ft_site = find(mujoco.mjtObj.mjOBJ_SITE, 'ft_sensor')
         self._force_adr = int(m.sensor_adr[find(mujoco.mjtObj.mjOBJ_SENSOR, 'ft_force')])
         self._torque_adr = int(m.sensor_adr[find(mujoco.mjtObj.mjOBJ_SENSOR, 'ft_torque')])
@@ -220,11 +223,15 @@ class RigPhysics:
         probe.name = 'probe'
 
         world = spec.worldbody
-        forearm = world.add_geom()
+        # A mocap body: immovable by forces, moved by :meth:`move_forearm` (arm drift).
+        arm = world.add_body()
+        arm.name = 'forearm'
+        arm.mocap = True
+        arm.pos = [phantom.axis_x, phantom.center_y, phantom.axis_z]
+        forearm = arm.add_geom()
         forearm.name = 'forearm'
         forearm.type = mujoco.mjtGeom.mjGEOM_CYLINDER
         forearm.size = [phantom.arm_radius, phantom.length / 2, 0.0]
-        forearm.pos = [phantom.axis_x, phantom.center_y, phantom.axis_z]
         forearm.quat = [math.sqrt(0.5), -math.sqrt(0.5), 0.0, 0.0]  # cylinder z -> world y
         forearm.contype = 0
         forearm.conaffinity = 0
@@ -440,6 +447,12 @@ class RigPhysics:
         wrench[:3] = force
         wrench[3:] = 0.0
         self._sensors_fresh = False  # poses and contacts are unaffected
+
+    def move_forearm(self, offset: np.ndarray) -> None:
+        """Displace the forearm by ``offset`` (m, world) from rest; the table stays."""
+        offset = self._check(offset, 3, 'forearm offset')
+        self.data.mocap_pos[self._forearm_mocap] = self._forearm_rest + offset
+        self._fresh = self._sensors_fresh = False
 
     @property
     def needle_force(self) -> np.ndarray:

@@ -206,6 +206,8 @@ class Simulator:
         self.tick += 1
         t = self.tick * self.dt
         self.state.time_s = t
+        if self.phantom.motion_amplitude:
+            self.physics.move_forearm(self.phantom.offset(self.state))
         tip = self.physics.frame_pose(self.frames['needle_tip'])
         needle = self.tissue.step(tip[:3, 3], tip[:3, 2], self.state, dt_s=self.dt)
         self.physics.apply_needle_force(needle.force_world)
