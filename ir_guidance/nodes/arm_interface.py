@@ -29,10 +29,11 @@ from transforms3d.quaternions import mat2quat
 from ir_guidance import config, ros_env
 from ir_guidance.joint_guard import CommandError, GuardParams, JointStateError, make_guards
 from ir_guidance.nodes.conversions import (
+    contract_publisher,
+    contract_subscription,
     duration_msg,
     fill_pose,
     message_class,
-    qos_profile,
     stamp_seconds,
 )
 from ir_guidance.rig_description import rig_chain
@@ -100,13 +101,14 @@ class ArmInterface(Node):
         self._last_pose_stamp = -math.inf
 
         self._pose_outputs = [
-            (self._publisher(topic_key), message_class(config.topic(topic_key)['type']), frame)
+            (contract_publisher(self, topic_key),
+             message_class(config.topic(topic_key)['type']), frame)
             for (topic_key, _), frame in zip(POSE_OUTPUTS, self.pose_frames, strict=True)]
-        self._status_pub = self._publisher('arm_status')
+        self._status_pub = contract_publisher(self, 'arm_status')
         self._command_key = COMMAND_TOPICS[interface]
-        self._command_pub = self._publisher(self._command_key)
-        self._subscribe('joint_states', self._on_joint_state)
-        self._subscribe('joint_command', self._on_joint_command)
+        self._command_pub = contract_publisher(self, self._command_key)
+        contract_subscription(self, 'joint_states', self._on_joint_state)
+        contract_subscription(self, 'joint_command', self._on_joint_command)
         self._tf = None
         if self.params['publish_tf']:
             if TransformBroadcaster is None:
@@ -135,16 +137,6 @@ class ArmInterface(Node):
         # Validate the guard's values now, so a bad override fails at start-up.
         GuardParams.from_config(values)
         return values
-
-    def _publisher(self, key: str) -> Any:
-        spec = config.topic(key)
-        return self.create_publisher(message_class(spec['type']), spec['name'],
-                                     qos_profile(spec['qos']))
-
-    def _subscribe(self, key: str, callback: Any) -> Any:
-        spec = config.topic(key)
-        return self.create_subscription(message_class(spec['type']), spec['name'], callback,
-                                        qos_profile(spec['qos']))
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9

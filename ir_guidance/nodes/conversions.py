@@ -46,3 +46,21 @@ def fill_pose(pose: Any, matrix: np.ndarray) -> None:
     w, x, y, z = mat2quat(matrix[:3, :3])
     pose.orientation.w, pose.orientation.x = float(w), float(x)
     pose.orientation.y, pose.orientation.z = float(y), float(z)
+
+
+def contract_publisher(node: Any, key: str) -> Any:
+    """A publisher on the contract topic ``key`` (name, type and QoS from config/)."""
+    from ir_guidance import config
+
+    spec = config.topic(key)
+    return node.create_publisher(message_class(spec['type']), spec['name'],
+                                 qos_profile(spec['qos']))
+
+
+def contract_subscription(node: Any, key: str, callback: Any) -> Any:
+    """A subscription to the contract topic ``key`` (name, type and QoS from config/)."""
+    from ir_guidance import config
+
+    spec = config.topic(key)
+    return node.create_subscription(message_class(spec['type']), spec['name'], callback,
+                                    qos_profile(spec['qos']))

@@ -32,7 +32,12 @@ from rclpy.parameter import Parameter
 from rclpy.utilities import remove_ros_args
 
 from ir_guidance import config, ros_env
-from ir_guidance.nodes.conversions import fill_pose, message_class, qos_profile
+from ir_guidance.nodes.conversions import (
+    contract_publisher,
+    contract_subscription,
+    fill_pose,
+    message_class,
+)
 from ir_guidance.sim.phantom import Phantom
 from ir_guidance.sim.simulator import SimCommandError, SimSettings, Simulator, TickOutput
 
@@ -99,19 +104,19 @@ class SimNode(Node):
         self.mode = value['mode']
         self.lockstep_warn_s = value['lockstep_warn_s']
         self.frames = config.load()['frames']
-        self._pub = {key: self._publisher(key) for key in (
+        self._pub = {key: contract_publisher(self, key) for key in (
             'clock', 'joint_states', 'ft_wrench', 'us_image', 'nir_image', 'nir_depth',
             'nir_camera_info', 'gt_vessels', 'gt_needle_tip', 'gt_tip_in_lumen',
             'sim_status')}
-        self._subscribe('position_commands', self._on_command)
+        contract_subscription(self, 'position_commands', self._on_command)
         self._camera_info = self._make_camera_info()
         self._last_markers = -np.inf
         self._controllers: set[str] = set()
         self._acked: set[str] = set()
         self._waiting_since = time.monotonic()
         if self.mode == 'lockstep':
-            self._subscribe('lockstep_register', self._on_register)
-            self._subscribe('lockstep_ack', self._on_ack)
+            contract_subscription(self, 'lockstep_register', self._on_register)
+            contract_subscription(self, 'lockstep_ack', self._on_ack)
             self._watchdog = self.create_timer(0.5, self._check_lockstep)
         else:
             self._wall_start = time.monotonic()
@@ -121,16 +126,6 @@ class SimNode(Node):
         self._publish_tick(None)
 
     # -- plumbing -------------------------------------------------------------------------
-    def _publisher(self, key: str) -> Any:
-        spec = config.topic(key)
-        return self.create_publisher(message_class(spec['type']), spec['name'],
-                                     qos_profile(spec['qos']))
-
-    def _subscribe(self, key: str, callback: Any) -> Any:
-        spec = config.topic(key)
-        return self.create_subscription(message_class(spec['type']), spec['name'], callback,
-                                        qos_profile(spec['qos']))
-
     def _status(self, text: str) -> None:
         msg = message_class('std_msgs/msg/String')()
         msg.data = text

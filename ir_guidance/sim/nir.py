@@ -64,7 +64,7 @@ import cv2
 import numpy as np
 
 from ir_guidance.sim.phantom import Phantom, PhantomState
-from ir_guidance.sim.ultrasound import noise_bank, state_key
+from ir_guidance.sim.scene_cache import SceneCache, noise_bank, rigid_pose, state_key
 
 _Y_TABLE_STEP = 5.0e-5          # m: spacing of the per-y vein geometry table
 _LOW = 4                        # the vein shading and depth noise are computed at 1/_LOW
@@ -139,23 +139,10 @@ class CameraConfig:
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
 
-def _rigid(pose: np.ndarray, name: str) -> np.ndarray:
-    """A validated 4x4 rigid transform as float64."""
-    t = np.asarray(pose, dtype=float)
-    if t.shape != (4, 4) or not np.all(np.isfinite(t)):
-        raise ValueError(f'{name} must be a finite 4x4 matrix')
-    r = t[:3, :3]
-    if not np.allclose(r.T @ r, np.eye(3), atol=1e-6) or np.linalg.det(r) < 0:
-        raise ValueError(f'{name} rotation is not orthonormal and right-handed')
-    return t
-
-
 class _Scene:
     """The frame-independent maps of one scene (one cache entry)."""
 
     def __init__(self, shape: tuple[int, int]) -> None:
-        self.key: tuple[bytes, bytes | None, float | None] | None = None
-        self.phantom: Phantom | None = None
         # Noise-free NIR image and its noise's standard deviation (DN); depth without noise
         # and the noise's standard deviation (depth units), both 0 where there is no depth.
         self.ir = np.empty(shape, np.float32)
@@ -224,8 +211,8 @@ class NirSimulator:
         low_h, low_w = self._low_shape
         self._depth_bank, _ = noise_bank(
             self.seed, 0x0A1D, (low_h + 2 * n, low_w + 2 * n), n * n)
-        self._scenes: list[_Scene] = []
-        self.scene_updates = 0
+        self._cache: SceneCache[_Scene] = SceneCache(
+            _SCENE_CACHE, lambda: _Scene((self.config.height, self.config.width)))
         f32 = [np.empty((h, w), np.float32) for _ in range(8)]
         (self._dx, self._dy, self._dz, self._a, self._b, self._t, self._s, self._u) = f32
         self._noise = np.empty((h, w), np.float32)
@@ -245,7 +232,7 @@ class NirSimulator:
     def project(self, camera_pose: np.ndarray, points: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pixel ``(u, v)`` (column, row) and optical-frame z of world points ``(N, 3)``."""
-        t = _rigid(camera_pose, 'camera_pose')
+        t = rigid_pose(camera_pose, 'camera_pose')
         p = (np.atleast_2d(np.asarray(points, dtype=float)) - t[:3, 3]) @ t[:3, :3]
         cfg = self.config
         with np.errstate(divide='ignore', invalid='ignore'):
@@ -263,7 +250,7 @@ class NirSimulator:
         arguments, whatever was rendered before (the scene cache only saves time).
         """
         cfg = self.config
-        pose, pose_key = self._pose(camera_pose)
+        pose, pose_key = self._cache.pose(camera_pose, 'camera_pose')
         scene = self._scene(pose, pose_key, state)
         window = int(self._noise_order[int(frame_index) % len(self._noise_order)])
         r, c = divmod(window, _NOISE_WINDOWS)
@@ -281,35 +268,16 @@ class NirSimulator:
         return ir, depth
 
     # -- scene cache ----------------------------------------------------------------------
-    def _pose(self, camera_pose: np.ndarray) -> tuple[np.ndarray, bytes]:
-        """The validated pose (float64) and its bytes (a cached scene's pose is not rechecked)."""
-        t = np.asarray(camera_pose, dtype=float)
-        if t.shape == (4, 4):
-            key = t.tobytes()
-            if any(s.key is not None and s.key[0] == key for s in self._scenes):
-                return t, key
-        t = _rigid(t, 'camera_pose')
-        return t, t.tobytes()
-
     def _scene(self, pose: np.ndarray, pose_key: bytes, state: PhantomState | None
                ) -> _Scene:
         """The cached maps of the scene, computed if it is not one of the last two."""
-        key = (pose_key, state_key(self.phantom, state), self.table_z)
-        for i, scene in enumerate(self._scenes):
-            if scene.key == key and scene.phantom is self.phantom:
-                if i:
-                    self._scenes.insert(0, self._scenes.pop(i))
-                return scene
-        if len(self._scenes) < _SCENE_CACHE:
-            scene = _Scene((self.config.height, self.config.width))
-        else:
-            scene = self._scenes.pop()
-        scene.key = scene.phantom = None
-        self._scenes.insert(0, scene)
-        self._compute_scene(pose, state, scene)
-        scene.key, scene.phantom = key, self.phantom
-        self.scene_updates += 1
-        return scene
+        key = (pose_key, state_key(self.phantom, state), self.table_z, id(self.phantom))
+        return self._cache.get(key, lambda scene: self._compute_scene(pose, state, scene))
+
+    @property
+    def scene_updates(self) -> int:
+        """Scenes computed so far (cache misses)."""
+        return self._cache.updates
 
     def _compute_scene(self, pose: np.ndarray, state: PhantomState | None, scene: _Scene
                        ) -> None:

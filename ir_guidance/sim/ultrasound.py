@@ -60,7 +60,6 @@ Speed (a render runs at 30 Hz inside the 1 kHz physics loop):
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -78,6 +77,7 @@ from ir_guidance.sim.phantom import (
     Phantom,
     PhantomState,
 )
+from ir_guidance.sim.scene_cache import SceneCache, noise_bank, rigid_pose, state_key
 
 _LN10_20 = math.log(10.0) / 20.0
 _DB_20_LN10 = 20.0 / math.log(10.0)
@@ -208,61 +208,10 @@ def _label_lut(values: object) -> np.ndarray:
     return lut
 
 
-def _rigid(pose: np.ndarray, name: str) -> np.ndarray:
-    """A validated 4x4 rigid transform as float64."""
-    t = np.asarray(pose, dtype=float)
-    if t.shape != (4, 4) or not np.all(np.isfinite(t)):
-        raise ValueError(f'{name} must be a finite 4x4 matrix')
-    r = t[:3, :3]
-    if not np.allclose(r.T @ r, np.eye(3), atol=1e-6) or np.linalg.det(r) < 0:
-        raise ValueError(f'{name} rotation is not orthonormal and right-handed')
-    return t
-
-
-def state_key(phantom: Phantom, state: PhantomState | None) -> bytes | None:
-    """The values of ``state`` that move the phantom's tissue, exactly (float64 bytes).
-
-    What :meth:`Phantom.offset` and :meth:`Phantom.vein_geometry` read: the time only
-    when the arm drifts (``motion_amplitude != 0``), the probe's force and position only
-    when it presses (a force <= 0 squeezes nothing, wherever the probe is), and every
-    vein's roll. Equal keys mean equal geometry; no rounding, so two different scenes
-    never share one (-0.0 and 0.0 even count as different).
-    """
-    if state is None:
-        return None
-    force = float(state.probe_force_n)
-    if force <= 0.0:
-        values = [0.0, 0.0, 0.0]
-    else:
-        px, py = state.probe_xy
-        values = [force, float(px), float(py)]
-    values.append(float(state.time_s) if phantom.motion_amplitude != 0.0 else 0.0)
-    values.extend(float(r) for r in state.roll)
-    return np.array(values, dtype=np.float64).tobytes()
-
-
-@functools.lru_cache(maxsize=8)
-def noise_bank(seed: int, stream: int, shape: tuple[int, ...], windows: int
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Standard normals (float32, read-only) and a permutation of ``range(windows)``.
-
-    Drawn once per seed and shape and shared by every simulator that asks (read-only:
-    safe across threads).
-    """
-    rng = np.random.default_rng((seed, stream))
-    bank = rng.standard_normal(shape, dtype=np.float32)
-    order = rng.permutation(windows)
-    bank.flags.writeable = False
-    order.flags.writeable = False
-    return bank, order
-
-
 class _Scene:
     """The frame-independent maps of one scene (one cache entry)."""
 
     def __init__(self, shape: tuple[int, int]) -> None:
-        self.key: tuple[bytes, bytes | None] | None = None
-        self.phantom: Phantom | None = None
         # Tissue-fixed field (speckle + specular echoes), real and imaginary; the standard
         # deviation of the fresh noise; the gain (TGC, attenuation, coupling) per pixel.
         self.re = np.empty(shape, np.float32)
@@ -311,8 +260,8 @@ class UltrasoundSimulator:
                       cfg.cols + _FRESH_WINDOWS * self._fresh_stride[1])
         self._fresh_bank, self._fresh_order = noise_bank(
             self.seed, 0xF8E5, bank_shape, _FRESH_WINDOWS ** 2)
-        self._scenes: list[_Scene] = []
-        self.scene_updates = 0
+        self._cache: SceneCache[_Scene] = SceneCache(
+            _SCENE_CACHE, lambda: _Scene((self.config.rows, self.config.cols)))
         # Per-label tables, TGC (+ overall gain) and the electronic noise behind it.
         per_pixel = 2 * cfg.attenuation_db_cm_mhz * cfg.frequency_mhz * axial * 100.0
         self._echo_lut = _label_lut(cfg.echo_db)
@@ -352,7 +301,7 @@ class UltrasoundSimulator:
 
     def world_to_image(self, image_pose: np.ndarray, points: np.ndarray) -> np.ndarray:
         """World points ``(N, 3)`` in ``us_image_frame`` coordinates ``(N, 3)``."""
-        t = _rigid(image_pose, 'image_pose')
+        t = rigid_pose(image_pose, 'image_pose')
         p = np.atleast_2d(np.asarray(points, dtype=float))
         return (p - t[:3, 3]) @ t[:3, :3]
 
@@ -367,7 +316,7 @@ class UltrasoundSimulator:
     def labels(self, image_pose: np.ndarray, state: PhantomState | None = None
                ) -> np.ndarray:
         """Tissue label of every pixel (uint8, rows x cols), as :meth:`Phantom.labels`."""
-        return self._geometry(_rigid(image_pose, 'image_pose'), state)
+        return self._geometry(rigid_pose(image_pose, 'image_pose'), state)
 
     def render(self, image_pose: np.ndarray, state: PhantomState | None = None,
                needle: tuple[np.ndarray, np.ndarray] | None = None, frame_index: int = 0
@@ -380,7 +329,7 @@ class UltrasoundSimulator:
         arguments, whatever was rendered before (the scene cache only saves time).
         """
         cfg = self.config
-        pose, pose_key = self._pose(image_pose)
+        pose, pose_key = self._cache.pose(image_pose, 'image_pose')
         if needle is not None:
             needle = _needle_line(needle)
         scene = self._scene(pose, pose_key, state)
@@ -408,35 +357,16 @@ class UltrasoundSimulator:
         return level.astype(np.uint8)
 
     # -- internals ------------------------------------------------------------------------
-    def _pose(self, image_pose: np.ndarray) -> tuple[np.ndarray, bytes]:
-        """The validated pose (float64) and its bytes (a cached scene's pose is not rechecked)."""
-        t = np.asarray(image_pose, dtype=float)
-        if t.shape == (4, 4):
-            key = t.tobytes()
-            if any(s.key is not None and s.key[0] == key for s in self._scenes):
-                return t, key
-        t = _rigid(t, 'image_pose')
-        return t, t.tobytes()
-
     def _scene(self, pose: np.ndarray, pose_key: bytes, state: PhantomState | None
                ) -> _Scene:
         """The cached maps of the scene, computed if it is not one of the last two."""
-        key = (pose_key, state_key(self.phantom, state))
-        for i, scene in enumerate(self._scenes):
-            if scene.key == key and scene.phantom is self.phantom:
-                if i:
-                    self._scenes.insert(0, self._scenes.pop(i))
-                return scene
-        if len(self._scenes) < _SCENE_CACHE:
-            scene = _Scene((self.config.rows, self.config.cols))
-        else:
-            scene = self._scenes.pop()
-        scene.key = scene.phantom = None
-        self._scenes.insert(0, scene)
-        self._compute_scene(pose, state, scene)
-        scene.key, scene.phantom = key, self.phantom
-        self.scene_updates += 1
-        return scene
+        key = (pose_key, state_key(self.phantom, state), id(self.phantom))
+        return self._cache.get(key, lambda scene: self._compute_scene(pose, state, scene))
+
+    @property
+    def scene_updates(self) -> int:
+        """Scenes computed so far (cache misses)."""
+        return self._cache.updates
 
     def _compute_scene(self, pose: np.ndarray, state: PhantomState | None, scene: _Scene
                        ) -> None:
