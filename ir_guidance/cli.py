@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         return nodes.run(args.name, args.node_args)
     if args.command == 'bench':
         return _bench(args)
+    if args.command == 'train':
+        from ir_guidance.perception import train_us
+
+        return train_us.main(args.train_args)
     parser.print_help()
     return 2
 
@@ -36,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument('name', help='node executable, e.g. arm_interface')
     node.add_argument('node_args', nargs=argparse.REMAINDER,
                       help='arguments for the node, e.g. --ros-args -p key:=value')
+
+    train = sub.add_parser('train', help='train a perception model (see its --help)')
+    train.add_argument('model', choices=('us',), help='us: the ultrasound vessel U-Net')
+    train.add_argument('train_args', nargs=argparse.REMAINDER,
+                       help='arguments for the training script, e.g. --out DIR --epochs N')
 
     bench = sub.add_parser('bench', help='run a benchmark and report JSON')
     bench.add_argument('name', choices=BENCHES)

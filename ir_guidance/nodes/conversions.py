@@ -64,3 +64,75 @@ def contract_subscription(node: Any, key: str, callback: Any) -> Any:
     spec = config.topic(key)
     return node.create_subscription(message_class(spec['type']), spec['name'], callback,
                                     qos_profile(spec['qos']))
+
+
+def image_msg(image: np.ndarray, encoding: str, frame_id: str, stamp: Any) -> Any:
+    """A ``sensor_msgs/Image`` holding ``image`` (mono8 or 16UC1)."""
+    msg = message_class('sensor_msgs/msg/Image')()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = image.shape[:2]
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = image.strides[0]
+    msg.data = np.ascontiguousarray(image).tobytes()
+    return msg
+
+
+# Image encodings the nodes accept, with their numpy type and channel count.
+ENCODINGS = {'mono8': (np.uint8, 1), '8UC1': (np.uint8, 1), 'mono16': (np.uint16, 1),
+             '16UC1': (np.uint16, 1), '32FC1': (np.float32, 1)}
+
+
+def image_array(msg: Any, encodings: tuple[str, ...]) -> np.ndarray:
+    """The pixels of a ``sensor_msgs/Image`` as a 2D array, or ValueError saying why not.
+
+    Checks what a sender can get wrong: an encoding this node does not take, an empty
+    image, a row step or data size that does not match the header, and NaN/inf pixels
+    in a float image.
+    """
+    if msg.encoding not in encodings:
+        raise ValueError(f'encoding {msg.encoding!r} not accepted (expected one of '
+                         f'{list(encodings)})')
+    dtype, channels = ENCODINGS[msg.encoding]
+    itemsize = np.dtype(dtype).itemsize
+    if msg.height == 0 or msg.width == 0:
+        raise ValueError('empty image (0 rows or columns)')
+    if msg.step < msg.width * channels * itemsize or len(msg.data) != msg.step * msg.height:
+        raise ValueError(f'image data ({len(msg.data)} bytes, step {msg.step}) does not match '
+                         f'{msg.height}x{msg.width} {msg.encoding}')
+    rows = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)
+    image = rows[:, :msg.width * channels * itemsize].copy().view(dtype)
+    if msg.is_bigendian != (np.dtype(dtype).byteorder == '>') and itemsize > 1:
+        image = image.byteswap()
+    if image.dtype.kind == 'f' and not np.all(np.isfinite(image)):
+        raise ValueError('image has NaN or infinite pixels')
+    return image.reshape(msg.height, msg.width)
+
+
+def cloud_msg(points: np.ndarray, frame_id: str, stamp: Any) -> Any:
+    """A ``sensor_msgs/PointCloud2`` holding a structured float32 array (one field each).
+
+    (sensor_msgs_py is not available as a wheel; this is the few lines it would be.)
+    """
+    cloud = message_class('sensor_msgs/msg/PointCloud2')()
+    field_cls = message_class('sensor_msgs/msg/PointField')
+    cloud.header.frame_id = frame_id
+    cloud.header.stamp = stamp
+    cloud.height, cloud.width = 1, len(points)
+    cloud.fields = [field_cls(name=name, offset=4 * i, datatype=field_cls.FLOAT32, count=1)
+                    for i, name in enumerate(points.dtype.names)]
+    cloud.is_bigendian = False
+    cloud.point_step = 4 * len(points.dtype.names)
+    cloud.row_step = cloud.point_step * len(points)
+    cloud.is_dense = True
+    cloud.data = np.ascontiguousarray(points).tobytes()
+    return cloud
+
+
+def cloud_array(msg: Any) -> np.ndarray:
+    """The points of a PointCloud2 written by :func:`cloud_msg` (float32 fields)."""
+    names = [f.name for f in msg.fields]
+    dtype = np.dtype({'names': names, 'formats': [np.float32] * len(names),
+                      'offsets': [f.offset for f in msg.fields], 'itemsize': msg.point_step})
+    return np.frombuffer(bytes(msg.data), dtype=dtype, count=msg.width * msg.height)

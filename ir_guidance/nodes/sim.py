@@ -36,6 +36,7 @@ from ir_guidance.nodes.conversions import (
     contract_publisher,
     contract_subscription,
     fill_pose,
+    image_msg,
     message_class,
 )
 from ir_guidance.sim.phantom import Phantom
@@ -62,19 +63,6 @@ def stamp_msg(seconds: float) -> Any:
     msg = message_class('builtin_interfaces/msg/Time')()
     nanoseconds = round(seconds * 1e9)
     msg.sec, msg.nanosec = divmod(nanoseconds, 1_000_000_000)
-    return msg
-
-
-def image_msg(image: np.ndarray, encoding: str, frame_id: str, stamp: Any) -> Any:
-    """A ``sensor_msgs/Image`` holding ``image`` (mono8 or 16UC1)."""
-    msg = message_class('sensor_msgs/msg/Image')()
-    msg.header.stamp = stamp
-    msg.header.frame_id = frame_id
-    msg.height, msg.width = image.shape[:2]
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = image.strides[0]
-    msg.data = np.ascontiguousarray(image).tobytes()
     return msg
 
 
