@@ -46,6 +46,7 @@ setup(
             'ir-guidance = ir_guidance.cli:main',
             'arm_interface = ir_guidance.nodes.arm_interface:main',
             'sim = ir_guidance.nodes.sim:main',
+            'nir = ir_guidance.nodes.nir:main',
         ],
     },
 )

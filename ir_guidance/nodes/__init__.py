@@ -13,6 +13,7 @@ from collections.abc import Callable
 NODES: dict[str, str] = {
     'arm_interface': 'ir_guidance.nodes.arm_interface:main',
     'sim': 'ir_guidance.nodes.sim:main',
+    'nir': 'ir_guidance.nodes.nir:main',
 }
 
 

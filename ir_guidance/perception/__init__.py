@@ -1,0 +1,1 @@
+"""Perception (ROS-free): ultrasound vessel segmentation, cross-sections and tracking."""
