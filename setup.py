@@ -32,6 +32,8 @@ setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
+    # The trained ultrasound model travels with the code that loads it.
+    package_data={'ir_guidance': ['perception/weights/*.pt', 'perception/weights/*.json']},
     data_files=data_files,
     install_requires=['setuptools'],
     zip_safe=True,
@@ -47,6 +49,7 @@ setup(
             'arm_interface = ir_guidance.nodes.arm_interface:main',
             'sim = ir_guidance.nodes.sim:main',
             'nir = ir_guidance.nodes.nir:main',
+            'ultrasound = ir_guidance.nodes.ultrasound:main',
         ],
     },
 )

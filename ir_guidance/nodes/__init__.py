@@ -14,6 +14,7 @@ NODES: dict[str, str] = {
     'arm_interface': 'ir_guidance.nodes.arm_interface:main',
     'sim': 'ir_guidance.nodes.sim:main',
     'nir': 'ir_guidance.nodes.nir:main',
+    'ultrasound': 'ir_guidance.nodes.ultrasound:main',
 }
 
 

@@ -1,1 +1,1 @@
-"""Perception (ROS-free): ultrasound vessel segmentation, cross-sections and tracking."""
+"""Perception (ROS-free): vein segmentation in ultrasound and NIR images, vessels, tracking."""
