@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-BENCHES = ('kinematics', 'sim')
+BENCHES = ('kinematics', 'sim', 'perception')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    result = _bench_sim(args) if args.name == 'sim' else _bench_kinematics(args)
+    run = {'sim': _bench_sim, 'kinematics': _bench_kinematics,
+           'perception': _bench_perception}[args.name]
+    result = run(args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
@@ -98,6 +100,17 @@ def _bench_sim(args: argparse.Namespace) -> dict:
     result = sim.run(seed=args.seed, seconds=args.seconds, phantom=phantom)
     result['meets_bar'] = bool(result['realtime_factor'] >= 5.0
                                and result['stream_hash_repeatable'])
+    return result
+
+
+def _bench_perception(args: argparse.Namespace) -> dict:
+    from ir_guidance.bench import perception
+
+    result = perception.run()
+    result['meets_bar'] = bool(
+        result['us_dice'] >= 0.90 and result['us_dice'] > result['us_dice_classical']
+        and result['us_center_err_mm_p50'] <= 0.3 and result['us_fps'] >= 100
+        and result['nir_fps'] >= 30 and result['nir_recall'] >= 0.9)
     return result
 
 
