@@ -85,3 +85,15 @@ def test_console_script_help():
     done = subprocess.run([str(exe), '--help'], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert 'node' in done.stdout and 'bench' in done.stdout
+
+
+def test_bench_perception_reports_every_metric():
+    """A small run of the perception benchmark (the full one runs from the CLI)."""
+    from ir_guidance.bench import perception
+
+    result = perception.run(us_phantoms=2, us_frames_per_phantom=2, nir_frames=2)
+    for key in ('us_dice', 'us_center_err_mm_p50', 'us_dice_classical', 'us_fps',
+                'nir_precision', 'nir_recall', 'nir_fps', 'us_dice_shifted'):
+        assert key in result, key
+    assert 0.0 <= result['us_dice'] <= 1.0 and result['us_fps'] > 0
+    assert result['us_frames'] == 4 and result['nir_frames'] == 2
