@@ -13,21 +13,19 @@ status is published when it changes and repeated at most once a second otherwise
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Any
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from transforms3d.quaternions import mat2quat
 
-from ir_guidance import config, ros_env
+from ir_guidance import config
 from ir_guidance.joint_guard import CommandError, GuardParams, JointStateError, make_guards
+from ir_guidance.nodes import runner
 from ir_guidance.nodes.conversions import (
     contract_publisher,
     contract_subscription,
@@ -244,18 +242,4 @@ class ArmInterface(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Run the node until Ctrl-C or an external shutdown; returns the exit status."""
-    ros_env.configure()
-    rclpy.init(args=args)
-    node = None
-    try:
-        with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):
-            node = ArmInterface()
-            rclpy.spin(node)
-    except ValueError as error:  # a bad parameter: say which, and do not start
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(error))
-        return 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return runner.spin(ArmInterface, NODE_NAME, args)

@@ -13,16 +13,14 @@ a clear error on ``/perception/status`` and produces no output.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
-from ir_guidance import config, ros_env
+from ir_guidance import config
 from ir_guidance.drivers import DriverError, FrameTimeout
+from ir_guidance.nodes import runner
 from ir_guidance.nodes.conversions import (
     cloud_msg,
     contract_publisher,
@@ -164,18 +162,4 @@ class NirNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Run the NIR node until Ctrl-C; a bad parameter or missing device exits with 1."""
-    ros_env.configure()
-    rclpy.init(args=args)
-    node = None
-    try:
-        with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):
-            node = NirNode()
-            rclpy.spin(node)
-    except (ValueError, OSError, DriverError) as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {error}')
-        return 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return runner.spin(NirNode, NODE_NAME, args, (ValueError, OSError, DriverError))

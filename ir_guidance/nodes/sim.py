@@ -19,19 +19,17 @@ A bad command (wrong joint count, NaN, outside limits) is refused with a reason 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from typing import Any
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.utilities import remove_ros_args
 
-from ir_guidance import config, ros_env
+from ir_guidance import config
+from ir_guidance.nodes import runner
 from ir_guidance.nodes.conversions import (
     contract_publisher,
     contract_subscription,
@@ -268,18 +266,5 @@ def main(args: list[str] | None = None) -> int:
     options = parser.parse_args(remove_ros_args(argv))
     overrides = [Parameter(name, value=value) for name, value in vars(options).items()
                  if value is not None]
-    ros_env.configure()
-    rclpy.init(args=['sim', *argv])
-    node = None
-    try:
-        with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):
-            node = SimNode(parameter_overrides=overrides)
-            rclpy.spin(node)
-    except (ValueError, OSError) as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start the simulator: {error}')
-        return 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return runner.spin(lambda: SimNode(parameter_overrides=overrides), NODE_NAME,
+                       ['sim', *argv])

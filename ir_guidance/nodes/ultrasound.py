@@ -14,18 +14,16 @@ gets a clear error on ``/perception/status`` and no output.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 import ir_guidance
-from ir_guidance import config, ros_env
+from ir_guidance import config
 from ir_guidance.drivers import DriverError, EndOfStream, FrameTimeout
+from ir_guidance.nodes import runner
 from ir_guidance.nodes.conversions import (
     cloud_msg,
     contract_publisher,
@@ -163,18 +161,4 @@ class UltrasoundNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Run the ultrasound node until Ctrl-C; a bad parameter or device exits with 1."""
-    ros_env.configure()
-    rclpy.init(args=args)
-    node = None
-    try:
-        with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):
-            node = UltrasoundNode()
-            rclpy.spin(node)
-    except (ValueError, OSError, DriverError) as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {error}')
-        return 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return runner.spin(UltrasoundNode, NODE_NAME, args, (ValueError, OSError, DriverError))

@@ -1,0 +1,37 @@
+"""How every node process starts and stops: the ROS environment, spin, clean shutdown.
+
+One place, so that every node keeps DDS on loopback (``ros_env``), exits 1 with a clear
+fatal log when it cannot start (a bad parameter, a missing device or file), and exits 0
+on Ctrl-C or an external shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+from ir_guidance import ros_env
+
+
+def spin(make_node: Callable[[], Node], name: str, args: list[str] | None,
+         startup_errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> int:
+    """Run the node ``make_node()`` builds until shutdown; returns the exit status."""
+    ros_env.configure()
+    rclpy.init(args=args)
+    node = None
+    try:
+        with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):
+            node = make_node()
+            rclpy.spin(node)
+    except startup_errors as error:
+        rclpy.logging.get_logger(name).fatal(f'cannot start: {error}')
+        return 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
