@@ -14,13 +14,11 @@ gets a clear error on ``/perception/status`` and no output.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rclpy.node import Node
 
-import ir_guidance
 from ir_guidance import config
 from ir_guidance.drivers import DriverError, EndOfStream, FrameTimeout
 from ir_guidance.nodes import runner
@@ -72,10 +70,7 @@ class UltrasoundNode(Node):
         if p['segmenter'] == 'unet':
             from ir_guidance.perception.us_model import UsSegmenter
 
-            # Relative to the package's parent: the source tree and an install alike.
-            weights = Path(p['weights'])
-            if not weights.is_absolute():
-                weights = Path(ir_guidance.__file__).resolve().parent.parent / weights
+            weights = p['weights']  # relative paths: see us_model.resolve_weights
             self._unet = UsSegmenter(weights, threshold=float(p['mask_threshold']))
         self.tracker = us_vessels.VesselTracker(gate_mm=float(p['track_gate_mm']))
         self._mask_pub = contract_publisher(self, 'us_vessel_mask')

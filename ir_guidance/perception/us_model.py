@@ -137,20 +137,15 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def resolve_weights(path: str | Path | None = None) -> Path:
-    """The weights file: ``path``, else ``ultrasound.weights`` of the config, else the package's."""
-    if path is not None:
-        return Path(path)
-    try:
-        from ir_guidance import config
+    """The weights file: the package's own for None, else ``path``.
 
-        configured = config.load().get('ultrasound', {}).get('weights')
-        if configured:
-            candidate = config.share_dir() / configured
-            if candidate.is_file():
-                return candidate
-    except (FileNotFoundError, ValueError):
-        pass
-    return WEIGHTS_DIR / WEIGHTS_NAME
+    A relative ``path`` (as config/'s ``ultrasound.weights``) is taken from the directory
+    that holds the package, so it works in the source tree and installed alike.
+    """
+    if path is None:
+        return WEIGHTS_DIR / WEIGHTS_NAME
+    path = Path(path)
+    return path if path.is_absolute() else Path(__file__).resolve().parents[2] / path
 
 
 def calibration_frames(inference: dict[str, Any]) -> list[np.ndarray]:
