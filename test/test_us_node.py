@@ -121,3 +121,37 @@ def test_bad_image_is_refused(ros_context, executor, frame, make, match):
 def _truncated(msg):
     msg.data = bytes(msg.data)[:-10]
     return msg
+
+
+def test_openigtlink_source(ros_context, executor, frame):
+    """A PLUS/Slicer-like OpenIGTLink server streams the frame; the node segments it."""
+    import signal
+
+    import pyigtl
+
+    image, centres = frame
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    server = pyigtl.OpenIGTLinkServer(port=0, local_server=True)
+    try:
+        node = UltrasoundNode(context=ros_context, parameter_overrides=[
+            Parameter('source', value='igtl'), Parameter('segmenter', value='classical'),
+            Parameter('igtl.port', value=server.server_address[1])])
+        node_igtl = node._device
+        scanner = Scanner(ros_context)
+        executor.add_node(node)
+        executor.add_node(scanner.node)
+        try:
+            assert node_igtl is not None and spin_until(executor, server.is_connected)
+            spacing = np.diag([0.038 / 256 * 1e3, 0.040 / 256 * 1e3, 1.0, 1.0])
+            server.send_message(pyigtl.ImageMessage(
+                image[np.newaxis], ijk_to_world_matrix=spacing, device_name='Image_Reference'))
+            assert spin_until(executor, lambda: scanner.received['us_vessels'], timeout_s=10)
+            cloud = cloud_array(scanner.received['us_vessels'][0])
+            x, y = centres[0]
+            assert np.hypot(cloud['x'] - x, cloud['y'] - y).min() < 1e-3
+        finally:
+            _stop(executor, node, scanner)
+    finally:
+        server.stop()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

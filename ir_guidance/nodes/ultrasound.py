@@ -84,14 +84,20 @@ class UltrasoundNode(Node):
             self._poll_timer = self.create_timer(1.0 / DEVICE_POLL_HZ, self._poll_device)
 
     def _open_device(self, source: str, section: dict) -> Any:
+        # The source's config subsection, as parameters `<source>.<key>` (overridable).
+        sub = {}
+        for key, default in section[source].items():
+            name = f'{source}.{key}'
+            self.declare_parameter(name, default)
+            sub[key] = self.get_parameter(name).value
         if source == 'device':
             from ir_guidance.drivers.us_capture import VideoCaptureSource
 
-            return VideoCaptureSource(section['device'], self.params['width_m'],
-                                      self.params['depth_m'])
+            return VideoCaptureSource(sub, self.params['width_m'], self.params['depth_m'])
         from ir_guidance.drivers.igtl import IgtlImageSource
 
-        return IgtlImageSource.from_section(section['igtl'], timeout_s=0.005)
+        # A short wait per poll: the executor must not block on a silent server.
+        return IgtlImageSource.from_section(sub, timeout_s=0.001)
 
     def destroy_node(self) -> None:
         """Release the capture device with the node."""
@@ -115,8 +121,7 @@ class UltrasoundNode(Node):
 
     def _poll_device(self) -> None:
         try:
-            frame = self._device.read(timeout_s=0.0) if self.params['source'] == 'igtl' \
-                else self._device.read()
+            frame = self._device.read()
         except FrameTimeout:
             return
         except EndOfStream:
