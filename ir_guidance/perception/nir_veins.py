@@ -68,8 +68,6 @@ from scipy.sparse.csgraph import connected_components, dijkstra
 _MIN_SIGMA_WORK = 4.0          # px: the smallest Hessian scale at the working resolution
 _MAX_LEVEL = 2                 # at most quarter resolution
 _MIN_SIZE = 32                 # px: smallest image side accepted
-_BLUR = 0.25
-_NC = 0.5
 _MAX_BRANCH_ROUNDS = 3         # tracing passes per component (main path, then branches)
 _EIGHT = np.ones((3, 3), dtype=bool)
 # Crest pixels up to _LINK apart are linked (the forward half of the neighbourhood):
@@ -287,21 +285,13 @@ class NirVeinDetector:
         p = self.params
         small = cv2.pyrDown(work).astype(np.float32)
         size = max(3, 2 * round(p.flat_field_px / (4 * factor)) + 1)
-        blur = size * _BLUR
+        blur = size / 4
         pad = size // 2 + math.ceil(3 * blur)
         padded, inner = _pad_odd(small, pad)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
         closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel,
                                   borderType=cv2.BORDER_REPLICATE)
         background_small = cv2.GaussianBlur(closed, (0, 0), blur)[inner]
-        arm = self._arm(closed)
-        if _NC and arm is not None:
-            # Normalized convolution over the arm: its background from arm pixels only,
-            # so the dark surroundings do not pull it down near the arm's edge.
-            weight = arm.astype(np.float32)
-            num = cv2.GaussianBlur(closed * weight, (0, 0), blur)[inner]
-            den = cv2.GaussianBlur(weight, (0, 0), blur)[inner]
-            np.copyto(background_small, background_small + _NC * (num / np.maximum(den, 1e-6) - background_small), where=arm[inner])
         background = cv2.resize(background_small, (work.shape[1], work.shape[0]),
                                 interpolation=cv2.INTER_LINEAR)
         cv2.max(background, 1.0, dst=background)
@@ -309,26 +299,6 @@ class NirVeinDetector:
         # 160 + gain * (ratio - 1), saturated to uint8.
         flat = cv2.convertScaleAbs(ratio, alpha=p.contrast_gain, beta=160.0 - p.contrast_gain)
         return flat, background_small
-
-    def _arm(self, background: np.ndarray) -> np.ndarray | None:
-        """The arm (boolean, holes filled) in ``background``; None if all is skin."""
-        p = self.params
-        small = np.clip(background, 0.0, 255.0).astype(np.uint8)
-        _, bright = cv2.threshold(small, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-        bright = bright.astype(bool)
-        if bright.all() or not bright.any():
-            return None
-        dark_mean = float(small[~bright].mean())
-        bright_mean = float(small[bright].mean())
-        if dark_mean > p.roi_ratio * bright_mean:
-            return None
-        # Otsu's threshold lies half-way between the classes; the arm's edge, darkened by
-        # vignetting and the grazing view, reaches much closer to the dark class.
-        bright = small > dark_mean + p.roi_level * (bright_mean - dark_mean)
-        labels, count = ndimage.label(bright, structure=_EIGHT)
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)
-        sizes[0] = 0
-        return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
 
     def _roi(self, background: np.ndarray, shape: tuple[int, int], factor: int
              ) -> np.ndarray:
@@ -339,10 +309,23 @@ class NirVeinDetector:
         into the region wherever it reaches the image border.
         """
         p = self.params
+        small = np.clip(background, 0.0, 255.0).astype(np.uint8)
+        _, bright = cv2.threshold(small, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+        bright = bright.astype(bool)
         h, w = shape
-        region = self._arm(background)
-        if region is None:
+        if bright.all() or not bright.any():
             return np.ones((h, w), dtype=bool)
+        dark_mean = float(small[~bright].mean())
+        bright_mean = float(small[bright].mean())
+        if dark_mean > p.roi_ratio * bright_mean:
+            return np.ones((h, w), dtype=bool)
+        # Otsu's threshold lies half-way between the classes; the arm's edge, darkened by
+        # vignetting and the grazing view, reaches much closer to the dark class.
+        bright = small > dark_mean + p.roi_level * (bright_mean - dark_mean)
+        labels, count = ndimage.label(bright, structure=_EIGHT)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        sizes[0] = 0
+        region = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
         region = cv2.resize(region.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
         margin = round(p.roi_margin_px / factor)
         if margin > 0:
