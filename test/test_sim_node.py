@@ -63,11 +63,12 @@ class Controller:
     def _on(self, key: str, msg) -> None:
         self.received[key].append(msg)
         if key == 'clock' and self.acking:
-            if self.command is not None:
-                self.send(self.command)
-            ack = message_class('std_msgs/msg/Header')()
-            ack.frame_id = self.name
-            ack.stamp = msg.clock
+            ack = message_class('sensor_msgs/msg/JointState')()
+            ack.header.frame_id = self.name
+            ack.header.stamp = msg.clock
+            if self.command is not None:  # the command travels with the answer
+                ack.name = config.joint_names()
+                ack.position = [float(v) for v in self.command]
             self._pub['lockstep_ack'].publish(ack)
 
     def statuses(self) -> list[str]:
@@ -181,3 +182,39 @@ def test_realtime_mode_runs_by_itself(ros_context, executor):
         executor.remove_node(controller.node)
         sim.destroy_node()
         controller.node.destroy_node()
+
+
+def test_lockstep_runs_repeat_command_for_command(ros_context, executor):
+    """Two lockstep runs with the same seed and controller give identical joint states."""
+    runs = []
+    for attempt in range(2):
+        sim = SimNode(context=ros_context, parameter_overrides=[
+            Parameter('mode', value='lockstep'), Parameter('sensors', value=False)])
+        controller = Controller(ros_context, f'scripted_{attempt}')
+        executor.add_node(sim)
+        executor.add_node(controller.node)
+
+        def script(msg, controller=controller):
+            t = seconds(msg.clock)
+            command = HOME.copy()
+            command[0] += 0.05 * math.sin(20.0 * t)
+            command[-1] = min(0.01, 0.02 * t)
+            controller.command = command
+
+        controller.node.create_subscription(
+            message_class('rosgraph_msgs/msg/Clock'), config.topic('clock')['name'], script,
+            qos_profile(config.topic('clock')['qos']))
+        try:
+            controller.register()
+            assert spin_until(executor, lambda sim=sim: sim.sim.tick >= 150, timeout_s=30)
+            controller.acking = False
+            spin_for(executor, 0.1)
+            runs.append([list(m.position) for m in controller.received['joint_states'][:150]])
+        finally:
+            executor.remove_node(sim)
+            executor.remove_node(controller.node)
+            sim.destroy_node()
+            controller.node.destroy_node()
+    assert len(runs[0]) == 150
+    assert runs[0] == runs[1]
+    assert runs[0][-1] != runs[0][0]  # the arm really moved

@@ -7,8 +7,9 @@ on the topic named in ``config/``. Two modes:
 
 - ``realtime``: a wall-clock timer advances as many ticks as wall time has passed.
 - ``lockstep``: tick k+1 runs only after every registered controller has acknowledged
-  tick k (``lockstep_ack``: a Header whose frame_id is the controller's name and whose
-  stamp is tick k's time). Controllers register by publishing their name on
+  tick k (``lockstep_ack``: a JointState whose header names the controller and tick k's
+  time, carrying the controller's command for tick k+1, if any, so that command and
+  answer cannot be reordered). Controllers register by publishing their name on
   ``lockstep_register``. With no controller registered the sim holds still: a lockstep
   run never advances unobserved.
 
@@ -132,8 +133,19 @@ class SimNode(Node):
 
     # -- commands -------------------------------------------------------------------------
     def _on_command(self, msg: Any) -> None:
+        self._apply_command(None, msg.data)
+
+    def _apply_command(self, names: list[str] | None, positions: Any) -> None:
+        """Pass a command to the simulator (in its joint order); refuse a bad one."""
         try:
-            self.sim.command(np.asarray(msg.data, dtype=float))
+            if names:
+                if sorted(names) != sorted(self.sim.joint_names) or len(names) != len(
+                        positions):
+                    raise SimCommandError(f'command joints {names} are not '
+                                          f'{self.sim.joint_names}')
+                by_name = dict(zip(names, positions, strict=True))
+                positions = [by_name[n] for n in self.sim.joint_names]
+            self.sim.command(np.asarray(positions, dtype=float))
         except SimCommandError as error:
             text = f'REFUSED: command ignored, holding the last one ({error})'
             self.get_logger().error(text, throttle_duration_sec=1.0)
@@ -155,12 +167,14 @@ class SimNode(Node):
         self._advance_if_answered()
 
     def _on_ack(self, msg: Any) -> None:
-        name = msg.frame_id
-        stamp = msg.stamp.sec + msg.stamp.nanosec * 1e-9
+        name = msg.header.frame_id
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         if name not in self._controllers:
             return
         if abs(stamp - self.sim.time_s) > 0.5 * self.sim.dt:
             return  # an ack for another tick (late or early): not an answer to this one
+        if len(msg.position):
+            self._apply_command(list(msg.name), msg.position)
         self._acked.add(name)
         self._advance_if_answered()
 
