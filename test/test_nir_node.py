@@ -130,3 +130,15 @@ def test_bad_input_is_refused(rig, executor, scene, case, match):
     assert spin_until(executor, lambda: any(match in e for e in camera.errors()), timeout_s=10)
     spin_for(executor, QUIET_S)
     assert not camera.received['nir_veins'] and not camera.received['nir_vein_mask']
+
+
+def test_realsense_source_without_a_camera_fails_clearly(ros_context):
+    import pyrealsense2 as rs
+    from rclpy.parameter import Parameter
+
+    from ir_guidance.drivers import DeviceError
+
+    if len(rs.context().query_devices()):
+        pytest.skip('a RealSense camera is connected')
+    with pytest.raises(DeviceError, match='RealSense'):
+        NirNode(context=ros_context, parameter_overrides=[Parameter('source', value='realsense')])

@@ -1,4 +1,4 @@
-"""Message and QoS helpers shared by the nodes (ROS adapters, no algorithms)."""
+"""Message, QoS and parameter helpers shared by the nodes (ROS adapters, no algorithms)."""
 
 from __future__ import annotations
 
@@ -136,3 +136,16 @@ def cloud_array(msg: Any) -> np.ndarray:
     dtype = np.dtype({'names': names, 'formats': [np.float32] * len(names),
                       'offsets': [f.offset for f in msg.fields], 'itemsize': msg.point_step})
     return np.frombuffer(bytes(msg.data), dtype=dtype, count=msg.width * msg.height)
+
+
+def declare_section(node: Any, prefix: str, section: dict[str, Any]) -> dict[str, Any]:
+    """Declare a config subsection as parameters ``<prefix>.<key>``; return their values.
+
+    The YAML gives the defaults; ``--ros-args -p prefix.key:=value`` overrides them.
+    """
+    values = {}
+    for key, default in section.items():
+        name = f'{prefix}.{key}'
+        node.declare_parameter(name, default)
+        values[key] = node.get_parameter(name).value
+    return values

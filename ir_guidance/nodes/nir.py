@@ -25,6 +25,7 @@ from ir_guidance.nodes.conversions import (
     cloud_msg,
     contract_publisher,
     contract_subscription,
+    declare_section,
     image_array,
     image_msg,
     message_class,
@@ -78,11 +79,12 @@ class NirNode(Node):
         else:
             from ir_guidance.drivers.realsense import RealSenseSource
 
-            self._device = RealSenseSource(section['realsense'])
+            camera = declare_section(self, 'realsense', section['realsense'])
+            self._device = RealSenseSource(camera)
             info = self._device.camera_info()
             self._k = np.asarray(info['K'], dtype=float).reshape(3, 3)
             self._depth_scale = self._device.depth_scale
-            self.create_timer(1.0 / float(section['realsense']['fps']), self._poll_device)
+            self.create_timer(1.0 / float(camera['fps']), self._poll_device)
 
     def destroy_node(self) -> None:
         """Release the camera with the node."""

@@ -26,6 +26,7 @@ from ir_guidance.nodes.conversions import (
     cloud_msg,
     contract_publisher,
     contract_subscription,
+    declare_section,
     image_array,
     image_msg,
     message_class,
@@ -84,12 +85,7 @@ class UltrasoundNode(Node):
             self._poll_timer = self.create_timer(1.0 / DEVICE_POLL_HZ, self._poll_device)
 
     def _open_device(self, source: str, section: dict) -> Any:
-        # The source's config subsection, as parameters `<source>.<key>` (overridable).
-        sub = {}
-        for key, default in section[source].items():
-            name = f'{source}.{key}'
-            self.declare_parameter(name, default)
-            sub[key] = self.get_parameter(name).value
+        sub = declare_section(self, source, section[source])
         if source == 'device':
             from ir_guidance.drivers.us_capture import VideoCaptureSource
 
