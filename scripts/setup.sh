@@ -13,7 +13,8 @@ stamp="$venv/.ir_guidance_setup"
 want="$(cat requirements.lock constraints.txt setup.py setup.cfg | sha256sum | cut -d' ' -f1)"
 
 # pyrealsense2 needs the system libusb. Installed when we can; otherwise say exactly how.
-if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
+# (grep without -q reads all input: with pipefail, -q's early exit would fail ldconfig.)
+if ! ldconfig -p 2>/dev/null | grep 'libusb-1.0.so.0' >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing libusb-1.0-0 (needed by pyrealsense2)"
     (apt-get install -y --no-install-recommends libusb-1.0-0 >/dev/null 2>&1 ||
