@@ -149,3 +149,11 @@ def declare_section(node: Any, prefix: str, section: dict[str, Any]) -> dict[str
         node.declare_parameter(name, default)
         values[key] = node.get_parameter(name).value
     return values
+
+
+def report_error(node: Any, status_publisher: Any, text: str) -> None:
+    """Log ``text`` as an error (throttled) and publish it as a String status."""
+    node.get_logger().error(text, throttle_duration_sec=1.0)
+    msg = message_class('std_msgs/msg/String')()
+    msg.data = f'ERROR {node.get_name()}: {text}'
+    status_publisher.publish(msg)

@@ -29,6 +29,7 @@ from ir_guidance.nodes.conversions import (
     image_array,
     image_msg,
     message_class,
+    report_error,
     stamp_seconds,
 )
 from ir_guidance.perception.nir_veins import NirParams, NirVeinDetector
@@ -93,10 +94,7 @@ class NirNode(Node):
         super().destroy_node()
 
     def _error(self, text: str) -> None:
-        self.get_logger().error(text, throttle_duration_sec=1.0)
-        msg = message_class('std_msgs/msg/String')()
-        msg.data = f'ERROR nir: {text}'
-        self._status_pub.publish(msg)
+        report_error(self, self._status_pub, text)
 
     # -- topic source -------------------------------------------------------------------
     def _on_info(self, msg: Any) -> None:

@@ -30,6 +30,7 @@ from ir_guidance.nodes.conversions import (
     image_array,
     image_msg,
     message_class,
+    report_error,
 )
 from ir_guidance.perception import us_vessels
 
@@ -102,10 +103,7 @@ class UltrasoundNode(Node):
         super().destroy_node()
 
     def _error(self, text: str) -> None:
-        self.get_logger().error(text, throttle_duration_sec=1.0)
-        msg = message_class('std_msgs/msg/String')()
-        msg.data = f'ERROR ultrasound: {text}'
-        self._status_pub.publish(msg)
+        report_error(self, self._status_pub, text)
 
     def _on_image(self, msg: Any) -> None:
         try:
