@@ -15,6 +15,10 @@ NODES: dict[str, str] = {
     'sim': 'ir_guidance.nodes.sim:main',
     'nir': 'ir_guidance.nodes.nir:main',
     'ultrasound': 'ir_guidance.nodes.ultrasound:main',
+    'vessel_mapper': 'ir_guidance.nodes.vessel_mapper:main',
+    'trajectory_planner': 'ir_guidance.nodes.trajectory_planner:main',
+    'force_monitor': 'ir_guidance.nodes.force_monitor:main',
+    'controller': 'ir_guidance.nodes.controller:main',
 }
 
 

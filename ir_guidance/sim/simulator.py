@@ -29,6 +29,7 @@ import numpy as np
 from transforms3d.quaternions import mat2quat, quat2mat
 
 from ir_guidance import config, rig_description
+from ir_guidance.lockstep import capture_tick
 from ir_guidance.sim.needle_tissue import NeedleForce, NeedleTissueModel
 from ir_guidance.sim.nir import CameraConfig, NirSimulator
 from ir_guidance.sim.phantom import Phantom, PhantomState
@@ -229,12 +230,12 @@ class Simulator:
         return out
 
     def _due(self, stream: str, rate_hz: float) -> int | None:
-        """The frame index due at this tick, if any (frame k at t = k / rate)."""
+        """The frame index due at this tick, if any (the schedule of :mod:`lockstep`)."""
         if self.tick < self._due_tick[stream]:
             return None
         k = self._next[stream]
         self._next[stream] = k + 1
-        self._due_tick[stream] = math.ceil((k + 1) * self.settings.physics_hz / rate_hz - 1e-9)
+        self._due_tick[stream] = capture_tick(k + 1, rate_hz, self.settings.physics_hz)
         return k
 
     def _render_due(self, out: TickOutput) -> None:
