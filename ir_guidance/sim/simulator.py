@@ -21,7 +21,6 @@ command stays in force, so a bad message can never move the simulated arm.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
