@@ -1,4 +1,4 @@
-"""``ir-guidance``: the project's command line (run a node, run a benchmark).
+"""``ir-guidance``: the project's command line (a simulated insertion, a node, a benchmark).
 
 On a full ROS 2 install ``ros2 run ir_guidance <node>`` works too; this CLI is the way
 to start the same nodes where the ``ros2`` tool is absent (a pip-only environment).
@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-BENCHES = ('kinematics', 'sim', 'perception')
+BENCHES = ('kinematics', 'sim', 'perception', 'mapping', 'planning', 'control')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         return nodes.run(args.name, args.node_args)
     if args.command == 'bench':
         return _bench(args)
+    if args.command == 'sim':
+        return _sim(args)
+    if args.command == 'campaign':
+        return _campaign(args)
     if args.command == 'train':
         from ir_guidance.perception import train_us
 
@@ -41,6 +45,30 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument('node_args', nargs=argparse.REMAINDER,
                       help='arguments for the node, e.g. --ros-args -p key:=value')
 
+    sim = sub.add_parser('sim', help='one complete simulated insertion, scored')
+    source = sim.add_mutually_exclusive_group()
+    source.add_argument('--seed', type=int, default=None,
+                        help='random phantom and simulator seed (default 1)')
+    source.add_argument('--phantom', type=Path, help='phantom YAML (docs/phantom.md)')
+    sim.add_argument('--json', type=Path, help='write the result here')
+    sim.add_argument('--report', type=Path, help='write the report PNGs to this folder')
+    sim.add_argument('--fault', default='',
+                     help='inject a fault: us_dropout, nir_dropout, ft_stale, ft_spike, '
+                          'joint_nan, target_jump, estop_at:<s>, kill:<node>')
+    sim.add_argument('--single-process', action='store_true',
+                     help='every node in this process (default: one process each)')
+    sim.add_argument('--workdir', type=Path, help='keep logs here (default: a temp dir)')
+    sim.add_argument('--timeout', type=float, default=300.0, help='wall seconds')
+
+    campaign = sub.add_parser('campaign', help='many simulated insertions, summarised')
+    which = campaign.add_mutually_exclusive_group(required=True)
+    which.add_argument('--seeds', help='A-B: random phantoms A..B inclusive')
+    which.add_argument('--phantoms', type=Path, help='a folder of phantom YAML files')
+    campaign.add_argument('--workers', type=int, default=2)
+    campaign.add_argument('--json', type=Path, help='write the summary and every run here')
+    campaign.add_argument('--fault', default='', help='the same fault in every run')
+    campaign.add_argument('--workdir', type=Path, help='keep each run\'s logs under here')
+
     train = sub.add_parser('train', help='train a perception model (see its --help)')
     train.add_argument('model', choices=('us',), help='us: the ultrasound vessel U-Net')
     train.add_argument('train_args', nargs=argparse.REMAINDER,
@@ -51,8 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument('--json', type=Path, help='also write the results to this file')
     bench.add_argument('--seed', type=int, default=0)
     bench.add_argument('--targets', type=int, default=1000, help='IK targets (kinematics)')
-    bench.add_argument('--seconds', type=float, default=2.0,
-                       help='simulated seconds for the real-time factor (sim)')
+    bench.add_argument('--seconds', type=float,
+                       help='sim: simulated seconds for the real-time factor (default 2); '
+                            'control: wall seconds at 1 kHz (default 30)')
     bench.add_argument('--phantom', type=Path,
                        help='phantom YAML (sim; default: the one named in config/)')
     bench.add_argument('--urdf', type=Path,
@@ -67,9 +96,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sim(args: argparse.Namespace) -> int:
+    from ir_guidance.runs import insertion
+
+    seed = 1 if args.seed is None else args.seed
+    options = insertion.RunOptions(
+        seed=seed, phantom=str(args.phantom.resolve()) if args.phantom else None,
+        fault=args.fault, single_process=args.single_process, timeout_s=args.timeout,
+        workdir=args.workdir)
+    result = insertion.run(options)
+    if args.report:
+        from ir_guidance.runs import report
+
+        result['report'] = [str(p) for p in report.write(Path(result['workdir']), args.report)]
+    print(insertion.main_result_line(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + '\n', encoding='utf-8')
+    if args.fault:
+        return 0 if result.get('safe_stop') else 1
+    return 0 if result['success'] else 1
+
+
+def _campaign(args: argparse.Namespace) -> int:
+    from ir_guidance.runs import campaign
+
+    summary = campaign.run(seeds=args.seeds, phantoms=args.phantoms, workers=args.workers,
+                           fault=args.fault, workdir=args.workdir)
+    print(json.dumps(summary['summary'], indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + '\n', encoding='utf-8')
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     run = {'sim': _bench_sim, 'kinematics': _bench_kinematics,
-           'perception': _bench_perception}[args.name]
+           'perception': _bench_perception, 'mapping': _bench_mapping,
+           'planning': _bench_planning, 'control': _bench_control}[args.name]
     result = run(args)
     text = json.dumps(result, indent=2)
     print(text)
@@ -97,7 +159,7 @@ def _bench_sim(args: argparse.Namespace) -> dict:
     from ir_guidance.sim.phantom import Phantom
 
     phantom = Phantom.from_yaml(args.phantom) if args.phantom else None
-    result = sim.run(seed=args.seed, seconds=args.seconds, phantom=phantom)
+    result = sim.run(seed=args.seed, seconds=args.seconds or 2.0, phantom=phantom)
     result['meets_bar'] = bool(result['realtime_factor'] >= 5.0
                                and result['stream_hash_repeatable'])
     return result
@@ -111,6 +173,33 @@ def _bench_perception(args: argparse.Namespace) -> dict:
         result['us_dice'] >= 0.90 and result['us_dice'] > result['us_dice_classical']
         and result['us_center_err_mm_p50'] <= 0.3 and result['us_fps'] >= 100
         and result['nir_fps'] >= 30 and result['nir_recall'] >= 0.9)
+    return result
+
+
+def _bench_mapping(args: argparse.Namespace) -> dict:
+    from ir_guidance.bench import mapping
+
+    result = mapping.run(seed=args.seed)
+    result['meets_bar'] = bool(result['centerline_err_mm_p50'] <= 0.3
+                               and result['radius_err_mm_p50'] <= 0.3)
+    return result
+
+
+def _bench_planning(args: argparse.Namespace) -> dict:
+    from ir_guidance.bench import planning
+
+    result = planning.run(seed=args.seed)
+    result['meets_bar'] = bool(result['plan_success_rate'] >= 0.98
+                               and result['planned_tip_err_mm_max'] <= 0.2)
+    return result
+
+
+def _bench_control(args: argparse.Namespace) -> dict:
+    from ir_guidance.bench import control
+
+    result = control.run(seconds=args.seconds or 30.0)
+    result['meets_bar'] = bool(result['period_err_us_p99'] <= 50
+                               and result['ratio_p99'] <= 0.25)
     return result
 
 

@@ -240,6 +240,9 @@ class ArmInterface(Node):
         self._command_pub.publish(out)
 
 
+NODE_CLASS = ArmInterface  # for in-process runs (ir-guidance sim --single-process)
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the node until Ctrl-C or an external shutdown; returns the exit status."""
     return runner.spin(ArmInterface, NODE_NAME, args)

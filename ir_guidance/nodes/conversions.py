@@ -48,22 +48,34 @@ def fill_pose(pose: Any, matrix: np.ndarray) -> None:
     pose.orientation.y, pose.orientation.z = float(y), float(z)
 
 
-def contract_publisher(node: Any, key: str) -> Any:
-    """A publisher on the contract topic ``key`` (name, type and QoS from config/)."""
+# Lockstep runs must not lose a sample: sensor topics become reliable with a deep queue.
+LOCKSTEP_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
+                          reliability=ReliabilityPolicy.RELIABLE)
+
+
+def contract_publisher(node: Any, key: str, lockstep: bool = False) -> Any:
+    """A publisher on the contract topic ``key`` (name, type and QoS from config/).
+
+    ``lockstep``: a sensor topic is published reliable with a deep queue (a reliable
+    writer still serves best-effort readers).
+    """
     from ir_guidance import config
 
     spec = config.topic(key)
-    return node.create_publisher(message_class(spec['type']), spec['name'],
-                                 qos_profile(spec['qos']))
+    qos = LOCKSTEP_QOS if lockstep else qos_profile(spec['qos'])
+    return node.create_publisher(message_class(spec['type']), spec['name'], qos)
 
 
-def contract_subscription(node: Any, key: str, callback: Any) -> Any:
-    """A subscription to the contract topic ``key`` (name, type and QoS from config/)."""
+def contract_subscription(node: Any, key: str, callback: Any, lockstep: bool = False) -> Any:
+    """A subscription to the contract topic ``key`` (name, type and QoS from config/).
+
+    ``lockstep``: reliable with a deep queue, so that no result is ever dropped.
+    """
     from ir_guidance import config
 
     spec = config.topic(key)
-    return node.create_subscription(message_class(spec['type']), spec['name'], callback,
-                                    qos_profile(spec['qos']))
+    qos = LOCKSTEP_QOS if lockstep else qos_profile(spec['qos'])
+    return node.create_subscription(message_class(spec['type']), spec['name'], callback, qos)
 
 
 def image_msg(image: np.ndarray, encoding: str, frame_id: str, stamp: Any) -> Any:

@@ -61,22 +61,26 @@ class NirNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         section = config.load()['nir']
         self.declare_parameter('source', section['source'])
+        self.declare_parameter('lockstep', bool(config.load()['lockstep']['enabled']))
         source = self.get_parameter('source').value
+        lockstep = bool(self.get_parameter('lockstep').value)
         if source not in SOURCES:
             raise ValueError(f'source must be one of {SOURCES}, got {source!r}')
         self.detector = NirVeinDetector(NirParams.from_config(section))
-        self._mask_pub = contract_publisher(self, 'nir_vein_mask')
-        self._cloud_pub = contract_publisher(self, 'nir_veins')
+        self._mask_pub = contract_publisher(self, 'nir_vein_mask', lockstep)
+        self._cloud_pub = contract_publisher(self, 'nir_veins', lockstep)
         self._status_pub = contract_publisher(self, 'perception_status')
         self._k: np.ndarray | None = None
         self._depth_scale = 0.001
         self._images: dict[float, Any] = {}
         self._depths: dict[float, Any] = {}
         self._device = None
+        # Frames that arrived before the first camera info (topics have no mutual order).
+        self._waiting_for_info: list[tuple[np.ndarray, np.ndarray, Any]] = []
         if source == 'topic':
-            contract_subscription(self, 'nir_image', self._on_image)
-            contract_subscription(self, 'nir_depth', self._on_depth)
-            contract_subscription(self, 'nir_camera_info', self._on_info)
+            contract_subscription(self, 'nir_image', self._on_image, lockstep)
+            contract_subscription(self, 'nir_depth', self._on_depth, lockstep)
+            contract_subscription(self, 'nir_camera_info', self._on_info, lockstep)
         else:
             from ir_guidance.drivers.realsense import RealSenseSource
 
@@ -103,6 +107,9 @@ class NirNode(Node):
             self._error(f'camera info has an unusable K: {k.ravel().tolist()}')
             return
         self._k = k
+        waiting, self._waiting_for_info = self._waiting_for_info, []
+        for ir, depth, header in waiting:
+            self._process(ir, depth, header)
 
     def _on_image(self, msg: Any) -> None:
         self._pair(self._images, self._depths, stamp_seconds(msg.header.stamp), msg, None)
@@ -144,6 +151,8 @@ class NirNode(Node):
     def _process(self, ir: np.ndarray, depth: np.ndarray, header: Any) -> None:
         if self._k is None:
             self._error('no camera info received yet: cannot place veins in 3D')
+            if self._device is None and len(self._waiting_for_info) < PENDING:
+                self._waiting_for_info.append((ir, depth, header))
             return
         if ir.shape != depth.shape:
             self._error(f'image {ir.shape} and depth {depth.shape} sizes differ')
@@ -158,6 +167,9 @@ class NirNode(Node):
                                          header.stamp))
         self._cloud_pub.publish(cloud_msg(veins_cloud(points, detection.confidence),
                                           header.frame_id, header.stamp))
+
+
+NODE_CLASS = NirNode  # for in-process runs (ir-guidance sim --single-process)
 
 
 def main(args: list[str] | None = None) -> int:

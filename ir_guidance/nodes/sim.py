@@ -15,13 +15,23 @@ on the topic named in ``config/``. Two modes:
 
 A bad command (wrong joint count, NaN, outside limits) is refused with a reason on
 ``/sim/status`` and the arm keeps tracking the last good command.
+
+In lockstep the sensor topics are published reliable with a deep queue: a
+deterministic run may not lose a sample. ``truth_log`` (a path) gets the ground truth of
+every tick (needle tip, distance to the nearest vein centre, in-lumen, forces, stage,
+punctures) as a ``.npz`` when the node stops: the scorer of ``ir-guidance sim``.
+``fault`` injects one fault for safety tests (``FAULTS``): sensor dropouts, a stale or
+spiking F/T, a NaN joint state, the forearm jumping, or an operator e-stop; sensor
+faults start ``fault_delay_s`` after the controller reports INSERT on /guidance/state.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +57,10 @@ REALTIME_TIMER_HZ = 250.0
 MAX_CATCH_UP_TICKS = 50       # realtime: never run more than this per timer callback
 GROUND_TRUTH_DECIMATION = 10  # tip pose / in-lumen at physics_hz / 10, events at once
 VESSEL_MARKER_PERIOD_S = 1.0
+FAULTS = ('us_dropout', 'nir_dropout', 'ft_stale', 'ft_spike', 'joint_nan', 'target_jump',
+          'estop_at:<seconds>')
+FT_SPIKE_N = 40.0             # ft_spike: this much force along the needle for 3 ticks
+TARGET_JUMP_M = 0.004         # target_jump: the forearm moves sideways by this
 
 
 def load_phantom(spec: str) -> Phantom:
@@ -78,6 +92,9 @@ class SimNode(Node):
         for key in ('physics_hz', 'us_hz', 'nir_hz'):
             self.declare_parameter(key, float(section[key]))
         self.declare_parameter('sensors', True)
+        self.declare_parameter('truth_log', '')
+        self.declare_parameter('fault', '')
+        self.declare_parameter('fault_delay_s', 0.3)
         value = {p: self.get_parameter(p).value for p in (
             'phantom', 'seed', 'mode', 'physics_hz', 'us_hz', 'nir_hz', 'sensors',
             'lockstep_warn_s')}
@@ -91,10 +108,21 @@ class SimNode(Node):
         self.mode = value['mode']
         self.lockstep_warn_s = value['lockstep_warn_s']
         self.frames = config.load()['frames']
-        self._pub = {key: contract_publisher(self, key) for key in (
+        lockstep = self.mode == 'lockstep'
+        self._pub = {key: contract_publisher(self, key, lockstep) for key in (
             'clock', 'joint_states', 'ft_wrench', 'us_image', 'nir_image', 'nir_depth',
             'nir_camera_info', 'gt_vessels', 'gt_needle_tip', 'gt_tip_in_lumen',
-            'sim_status')}
+            'sim_status', 'guidance_estop')}
+        self.truth_log = str(self.get_parameter('truth_log').value)
+        self._truth: list[tuple[float, ...]] = []
+        self._truth_events: list[tuple[float, str]] = []
+        self.fault = str(self.get_parameter('fault').value)
+        self.fault_delay_s = float(self.get_parameter('fault_delay_s').value)
+        self.fault_at_s = self._parse_fault(self.fault)
+        self._fault_started = False
+        self._stale_wrench: Any = None
+        self._stop_frame: tuple | None = None
+        contract_subscription(self, 'guidance_state', self._on_guidance_state)
         contract_subscription(self, 'position_commands', self._on_command)
         self._camera_info = self._make_camera_info()
         self._last_markers = -np.inf
@@ -111,6 +139,81 @@ class SimNode(Node):
         self._status(f'OK: {self.mode} simulation of {len(phantom.veins)} vein(s), '
                      f'seed {settings.seed}')
         self._publish_tick(None)
+
+    # -- faults and truth -----------------------------------------------------------------
+    @staticmethod
+    def _parse_fault(fault: str) -> float | None:
+        """When the fault starts (sim s), None = at INSERT + delay; ValueError if unknown."""
+        if not fault:
+            return None
+        if fault.startswith('estop_at:'):
+            return float(fault.split(':', 1)[1])
+        if fault == 'nir_dropout':
+            return 0.0
+        if fault not in FAULTS:
+            raise ValueError(f'unknown fault {fault!r}; known: {list(FAULTS)}')
+        return None
+
+    def _on_guidance_state(self, msg: Any) -> None:
+        match = re.match(r'(\w+) t=([0-9.]+)', msg.data)
+        if match and match.group(1) == 'VERIFY' and self._stop_frame is None:
+            self._stop_frame = ()  # keep the next US frame: the report shows it
+        if match and match.group(1) == 'INSERT' and self.fault and self.fault_at_s is None:
+            self.fault_at_s = float(match.group(2)) + self.fault_delay_s
+
+    def _fault_active(self) -> bool:
+        if self.fault_at_s is None or self.sim.time_s + 1e-9 < self.fault_at_s:
+            return False
+        if not self._fault_started:
+            self._fault_started = True
+            self._truth_events.append((self.sim.time_s, f'fault {self.fault}'))
+            self._status(f'FAULT: {self.fault} injected at t={self.sim.time_s:.3f} s')
+            if self.fault == 'target_jump':
+                self.sim.state.shift = (TARGET_JUMP_M, 0.0, 0.0)
+            if self.fault.startswith('estop_at:'):
+                flag = message_class('std_msgs/msg/Bool')()
+                flag.data = True
+                self._pub['guidance_estop'].publish(flag)
+        return True
+
+    def _record_truth(self, out: TickOutput) -> None:
+        truth = out.truth
+        tip = truth.needle_tip[:3, 3]
+        phantom, state = self.sim.phantom, self.sim.state
+        err = min((float(np.hypot(tip[0] - g['x'], tip[2] - g['z']))
+                   for g in (phantom.vein_geometry(i, tip[1], state)
+                             for i in range(len(phantom.veins)))), default=np.inf)
+        self._truth.append((out.time_s, *tip.tolist(), float(truth.tip_in_lumen), err,
+                            float(truth.needle.axial_n), float(truth.probe_force_n),
+                            float(out.joint_positions[-1])))
+        for event in truth.events:
+            self._truth_events.append((out.time_s, event))
+
+    def write_truth(self) -> None:
+        """The ground truth of the run as .npz (columns named in ``columns``)."""
+        if not self.truth_log:
+            return
+        columns = ('t', 'tip_x', 'tip_y', 'tip_z', 'in_lumen', 'tip_err_m', 'axial_n',
+                   'probe_force_n', 'stage_m')
+        phantom = self.sim.phantom
+        ys = np.linspace(phantom.center_y - 0.03, phantom.center_y + 0.03, 61)
+        centerlines = np.array([phantom.centerline(i, ys, self.sim.state)
+                                for i in range(len(phantom.veins))])
+        Path(self.truth_log).parent.mkdir(parents=True, exist_ok=True)
+        image, pose, captured = self._stop_frame or (np.zeros((0, 0), np.uint8), np.eye(4),
+                                                     np.nan)
+        np.savez_compressed(
+            self.truth_log, columns=np.array(columns),
+            ticks=np.array(self._truth, dtype=float).reshape(-1, len(columns)),
+            event_t=np.array([e[0] for e in self._truth_events], dtype=float),
+            event_kind=np.array([e[1] for e in self._truth_events], dtype=str),
+            centerlines=centerlines, fault=np.array(self.fault),
+            fault_at_s=np.array(np.nan if not self._fault_started else self.fault_at_s),
+            us_stop_image=image, us_stop_pose=pose, us_stop_time_s=np.array(captured))
+
+    def destroy_node(self) -> None:
+        self.write_truth()
+        super().destroy_node()
 
     # -- plumbing -------------------------------------------------------------------------
     def _status(self, text: str) -> None:
@@ -199,30 +302,49 @@ class SimNode(Node):
         self._pub['clock'].publish(clock)
         if out is None:
             return
+        fault = self.fault if self._fault_active() else ''
+        if self.truth_log:
+            self._record_truth(out)
         joints = message_class('sensor_msgs/msg/JointState')()
         joints.header.stamp = stamp
         joints.name = list(self.sim.joint_names)
         joints.position = out.joint_positions.tolist()
+        if fault == 'joint_nan':
+            joints.position[1] = float('nan')
         joints.velocity = out.joint_velocities.tolist()
         self._pub['joint_states'].publish(joints)
         wrench = message_class('geometry_msgs/msg/WrenchStamped')()
         wrench.header.stamp = stamp
         wrench.header.frame_id = self.frames['ft_sensor']
         f, tq = wrench.wrench.force, wrench.wrench.torque
-        f.x, f.y, f.z, tq.x, tq.y, tq.z = (float(v) for v in out.wrench)
+        values = np.array(out.wrench, dtype=float)
+        if fault == 'ft_spike' and self.sim.time_s < self.fault_at_s + 0.003:
+            values[:3] += FT_SPIKE_N * self._needle_axis_in_sensor()
+        f.x, f.y, f.z, tq.x, tq.y, tq.z = (float(v) for v in values)
+        if fault == 'ft_stale':  # a frozen driver: the same old sample again and again
+            self._stale_wrench = self._stale_wrench or wrench
+            wrench = self._stale_wrench
         self._pub['ft_wrench'].publish(wrench)
         # Images carry their capture time; they arrive image_latency_s later, as on a rig.
-        if out.us_image is not None:
+        if out.us_image is not None and self._stop_frame == ():
+            self._stop_frame = (out.us_image, out.us_pose, out.us_time_s)
+        if out.us_image is not None and fault != 'us_dropout':
             self._pub['us_image'].publish(image_msg(
                 out.us_image, 'mono8', self.frames['us_image'], stamp_msg(out.us_time_s)))
-        if out.nir_image is not None:
+        if out.nir_image is not None and fault != 'nir_dropout':
             frame, captured = self.frames['camera_optical'], stamp_msg(out.nir_time_s)
+            self._camera_info.header.stamp = captured
+            self._pub['nir_camera_info'].publish(self._camera_info)
             self._pub['nir_image'].publish(image_msg(out.nir_image, 'mono8', frame, captured))
             self._pub['nir_depth'].publish(
                 image_msg(out.depth_image, '16UC1', frame, captured))
-            self._camera_info.header.stamp = captured
-            self._pub['nir_camera_info'].publish(self._camera_info)
         self._publish_truth(out, stamp)
+
+    def _needle_axis_in_sensor(self) -> np.ndarray:
+        """The needle axis in the F/T frame (the tool is rigid: from the current pose)."""
+        ft = self.sim.physics.frame_pose(self.frames['ft_sensor'])
+        tip = self.sim.physics.frame_pose(self.frames['needle_tip'])
+        return ft[:3, :3].T @ tip[:3, 2]
 
     def _publish_truth(self, out: TickOutput, stamp: Any) -> None:
         truth = out.truth
@@ -264,6 +386,9 @@ class SimNode(Node):
                 marker.points.append(point_cls(x=float(x), y=float(y), z=float(z)))
             array.markers.append(marker)
         return array
+
+
+NODE_CLASS = SimNode  # for in-process runs (ir-guidance sim --single-process)
 
 
 def main(args: list[str] | None = None) -> int:

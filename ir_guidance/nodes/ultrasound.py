@@ -67,6 +67,8 @@ class UltrasoundNode(Node):
             raise ValueError(f"source must be one of {SOURCES}, got {p['source']!r}")
         if p['segmenter'] not in SEGMENTERS:
             raise ValueError(f"segmenter must be one of {SEGMENTERS}, got {p['segmenter']!r}")
+        self.declare_parameter('lockstep', bool(config.load()['lockstep']['enabled']))
+        lockstep = bool(self.get_parameter('lockstep').value)
         self.params = p
         self.frame_id = config.load()['frames']['us_image']
         if p['segmenter'] == 'unet':
@@ -75,12 +77,12 @@ class UltrasoundNode(Node):
             weights = p['weights']  # relative paths: see us_model.resolve_weights
             self._unet = UsSegmenter(weights, threshold=float(p['mask_threshold']))
         self.tracker = us_vessels.VesselTracker(gate_mm=float(p['track_gate_mm']))
-        self._mask_pub = contract_publisher(self, 'us_vessel_mask')
-        self._cloud_pub = contract_publisher(self, 'us_vessels')
+        self._mask_pub = contract_publisher(self, 'us_vessel_mask', lockstep)
+        self._cloud_pub = contract_publisher(self, 'us_vessels', lockstep)
         self._status_pub = contract_publisher(self, 'perception_status')
         self._device = None
         if p['source'] == 'topic':
-            contract_subscription(self, 'us_image', self._on_image)
+            contract_subscription(self, 'us_image', self._on_image, lockstep)
         else:
             self._device = self._open_device(p['source'], section)
             self._poll_timer = self.create_timer(1.0 / DEVICE_POLL_HZ, self._poll_device)
@@ -151,6 +153,9 @@ class UltrasoundNode(Node):
                                          header.frame_id or self.frame_id, header.stamp))
         self._cloud_pub.publish(cloud_msg(vessels_cloud(tracks),
                                           header.frame_id or self.frame_id, header.stamp))
+
+
+NODE_CLASS = UltrasoundNode  # for in-process runs (ir-guidance sim --single-process)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -81,6 +81,7 @@ class PhantomState:
     probe_force_n: float = 0.0           # normal force of the probe on the skin
     probe_xy: tuple[float, float] = (0.0, 0.0)  # where the probe presses (world x, y)
     roll: list[float] = field(default_factory=list)  # per-vein lateral shift, m
+    shift: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the patient moved the arm, m
 
 
 @dataclass(frozen=True)
@@ -194,11 +195,15 @@ class Phantom:
 
     # -- geometry ------------------------------------------------------------------------
     def offset(self, state: PhantomState | None) -> np.ndarray:
-        """Displacement of the whole arm at ``state.time_s`` (slow drift along x and z)."""
-        if state is None or self.motion_amplitude == 0.0:
+        """Displacement of the whole arm: slow drift along x and z, plus ``state.shift``."""
+        if state is None:
             return np.zeros(3)
+        shift = np.asarray(state.shift, dtype=float)
+        if self.motion_amplitude == 0.0:
+            return shift
         phase = 2 * np.pi * state.time_s / self.motion_period_s
-        return self.motion_amplitude * np.array([np.sin(phase), 0.0, 0.5 * np.sin(2 * phase)])
+        return shift + self.motion_amplitude * np.array(
+            [np.sin(phase), 0.0, 0.5 * np.sin(2 * phase)])
 
     def skin_z(self, x: np.ndarray, y: np.ndarray, state: PhantomState | None = None
                ) -> np.ndarray:

@@ -37,7 +37,7 @@ def state_key(phantom: Phantom, state: PhantomState | None) -> bytes | None:
     What :meth:`Phantom.offset` and :meth:`Phantom.vein_geometry` read: the time only
     when the arm drifts (``motion_amplitude != 0``), the probe's force and position only
     when it presses (a force <= 0 squeezes nothing, wherever the probe is), and every
-    vein's roll. Equal keys mean equal geometry; no rounding, so two different scenes
+    vein's roll and the arm's shift. Equal keys mean equal geometry; no rounding, so two different scenes
     never share one (-0.0 and 0.0 even count as different).
     """
     if state is None:
@@ -50,6 +50,7 @@ def state_key(phantom: Phantom, state: PhantomState | None) -> bytes | None:
         values = [force, float(px), float(py)]
     values.append(float(state.time_s) if phantom.motion_amplitude != 0.0 else 0.0)
     values.extend(float(r) for r in state.roll)
+    values.extend(float(v) for v in state.shift)
     return np.array(values, dtype=np.float64).tobytes()
 
 

@@ -70,7 +70,8 @@ def snap_state(state: PhantomState) -> PhantomState:
     return PhantomState(time_s=state.time_s,
                         probe_force_n=float(_snap(state.probe_force_n, FORCE_QUANTUM_N)),
                         probe_xy=tuple(float(v) for v in _snap(state.probe_xy, POSE_QUANTUM_M)),
-                        roll=[float(_snap(r, ROLL_QUANTUM_M)) for r in state.roll])
+                        roll=[float(_snap(r, ROLL_QUANTUM_M)) for r in state.roll],
+                        shift=tuple(float(v) for v in state.shift))
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ class Simulator:
         self.tick += 1
         t = self.tick * self.dt
         self.state.time_s = t
-        if self.phantom.motion_amplitude:
+        if self.phantom.motion_amplitude or any(self.state.shift):
             self.physics.move_forearm(self.phantom.offset(self.state))
         tip = self.physics.frame_pose(self.frames['needle_tip'])
         needle = self.tissue.step(tip[:3, 3], tip[:3, 2], self.state, dt_s=self.dt)

@@ -1,0 +1,370 @@
+"""controller: the guidance loop as a ROS 2 node (thin adapter around control.guidance).
+
+The node gathers inputs, builds one :class:`Inputs` snapshot per tick, calls
+``Guidance.update`` and sends the command. Two ways to tick:
+
+- ``lockstep`` (simulation): the tick is the simulator's ``/clock``. Per tick the sim
+  publishes one joint state and one wrench (reliable, in order), so the node pairs the
+  k-th of each with tick k. US results of a frame captured at ``s`` are used from
+  ``s + lockstep.us_latency_s`` on, and the node does not answer a tick until every
+  scheduled frame up to then has its result (``ir_guidance.lockstep``); in PLAN it does
+  not answer until the mapper and planner have answered its request. The answer (the
+  ack) carries the command. So every run of a seed sends the same commands. A result
+  missing for ``lockstep.stall_timeout_s`` of wall time is a fault: SAFE.
+- realtime (hardware): ``control.rate.FixedRateLoop`` ticks at ``rate_hz`` on its own
+  thread on a monotonic schedule (not an executor timer); inputs are the latest
+  messages; commands go to ``/arm/joint_command`` (arm_interface checks them again).
+
+Services ``/guidance/start`` and ``/guidance/abort`` (std_srvs/Trigger), topic
+``/guidance/estop`` (std_msgs/Bool, stop within one tick), state on ``/guidance/state``
+(``PHASE t=<sim s>: reason``). ``log`` (a path) gets the trace as JSON at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rclpy.node import Node
+
+from ir_guidance import config
+from ir_guidance.control.guidance import (
+    TERMINAL,
+    Guidance,
+    Inputs,
+    Phase,
+    PlanAnswer,
+    Section,
+    UsFrame,
+)
+from ir_guidance.lockstep import StreamBarrier, tick_key
+from ir_guidance.nodes import runner
+from ir_guidance.nodes.conversions import (
+    cloud_array,
+    contract_publisher,
+    contract_subscription,
+    message_class,
+    stamp_seconds,
+)
+from ir_guidance.planning.motion import JointTrajectory
+
+NODE_NAME = 'controller'
+
+
+def trajectory_from_msg(msg: Any) -> JointTrajectory:
+    """A trajectory_msgs/JointTrajectory as the planner's JointTrajectory."""
+    times = np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9
+                      for p in msg.points])
+    positions = np.array([list(p.positions) for p in msg.points], dtype=float)
+    velocities = np.array([list(p.velocities) if len(p.velocities) else
+                           [0.0] * len(msg.joint_names) for p in msg.points], dtype=float)
+    return JointTrajectory(tuple(msg.joint_names), times, positions, velocities)
+
+
+class ControllerNode(Node):
+    """Wires :class:`Guidance` to topics; see the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        cfg = config.load()
+        self.declare_parameter('lockstep', bool(cfg['lockstep']['enabled']))
+        self.declare_parameter('autostart', bool(cfg['controller']['autostart']))
+        self.declare_parameter('log', '')
+        self.lockstep = bool(self.get_parameter('lockstep').value)
+        self.autostart = bool(self.get_parameter('autostart').value)
+        self.log_path = str(self.get_parameter('log').value)
+        self.names = config.joint_names()
+        self.guidance = Guidance()
+        sim = cfg['sim']
+        ls = cfg['lockstep']
+        self.physics_hz = float(sim['physics_hz'])
+        self.stall_timeout_s = float(ls['stall_timeout_s'])
+        self.us_barrier = StreamBarrier(float(sim['us_hz']), self.physics_hz,
+                                        float(ls['us_latency_s']))
+        self._us_needed = False
+        self._us_results: dict[int, UsFrame] = {}
+        self._us_given: set[int] = set()
+        self._joints: deque[tuple[float, np.ndarray]] = deque()
+        self._wrenches: deque[tuple[float, np.ndarray]] = deque()
+        self._clock: deque[float] = deque()
+        self._answers: dict[int, dict[str, Any]] = {}
+        self._start = self.autostart
+        self._estop = False
+        self._abort: str | None = None
+        self._fault: str | None = None
+        self._waiting_since: float | None = None
+        self._last_state = ''
+        self._hash = hashlib.sha256()
+        self._commands = 0
+        self._finished = False
+        self._lock = threading.Lock()
+        self._pub = {key: contract_publisher(self, key) for key in (
+            'guidance_state', 'vessel_map_request', 'joint_command', 'lockstep_register',
+            'lockstep_ack')}
+        contract_subscription(self, 'joint_states', self._on_joints, self.lockstep)
+        contract_subscription(self, 'ft_wrench', self._on_wrench, self.lockstep)
+        contract_subscription(self, 'us_vessels', self._on_us, self.lockstep)
+        for key in ('vessel_map_status', 'vessel_map_target', 'planner_status',
+                    'planner_approach', 'planner_retraction'):
+            contract_subscription(self, key, lambda msg, key=key: self._on_answer(key, msg),
+                                  lockstep=True)
+        contract_subscription(self, 'guidance_estop', self._on_estop)
+        trigger = message_class('std_srvs/srv/Trigger')
+        self.create_service(trigger, '/guidance/start', self._on_start)
+        self.create_service(trigger, '/guidance/abort', self._on_abort)
+        if self.lockstep:
+            contract_subscription(self, 'clock', self._on_clock)
+            self._register_timer = self.create_timer(0.2, self._register)
+            self._stall_timer = self.create_timer(0.2, self._check_stall)
+        else:
+            from ir_guidance.control.rate import FixedRateLoop
+
+            self._loop = FixedRateLoop(float(cfg['controller']['rate_hz']), self._realtime_tick)
+            self._thread = threading.Thread(target=self._loop.run, daemon=True)
+            self._thread.start()
+        self.get_logger().info(f'controller up ({"lockstep" if self.lockstep else "realtime"})')
+
+    # -- inputs -------------------------------------------------------------------------
+    def _on_joints(self, msg: Any) -> None:
+        by_name = dict(zip(msg.name, msg.position, strict=False))
+        q = np.array([by_name.get(n, np.nan) for n in self.names], dtype=float)
+        with self._lock:
+            self._joints.append((stamp_seconds(msg.header.stamp), q))
+            if not self.lockstep:
+                while len(self._joints) > 1:
+                    self._joints.popleft()
+        self._try_tick()
+
+    def _on_wrench(self, msg: Any) -> None:
+        f, t = msg.wrench.force, msg.wrench.torque
+        w = np.array([f.x, f.y, f.z, t.x, t.y, t.z], dtype=float)
+        with self._lock:
+            self._wrenches.append((stamp_seconds(msg.header.stamp), w))
+            if not self.lockstep:
+                while len(self._wrenches) > 1:
+                    self._wrenches.popleft()
+        self._try_tick()
+
+    def _on_us(self, msg: Any) -> None:
+        stamp = stamp_seconds(msg.header.stamp)
+        points = cloud_array(msg)
+        sections = tuple(Section(float(p['x']), float(p['y']), float(p['radius']),
+                                 float(p['radius_minor']), float(p['confidence']))
+                         for p in points)
+        with self._lock:
+            self._us_results[tick_key(stamp, self.physics_hz)] = UsFrame(stamp, sections)
+            self.us_barrier.received(stamp)
+        self._try_tick()
+
+    def _on_answer(self, key: str, msg: Any) -> None:
+        stamp = stamp_seconds(msg.header.stamp)
+        with self._lock:
+            self._answers.setdefault(tick_key(stamp, self.physics_hz), {})[key] = msg
+        self._try_tick()
+
+    def _on_estop(self, msg: Any) -> None:
+        if msg.data:
+            self._estop = True
+            self._try_tick()
+
+    def _on_start(self, request: Any, response: Any) -> Any:
+        self._start = True
+        response.success, response.message = True, 'starting'
+        return response
+
+    def _on_abort(self, request: Any, response: Any) -> Any:
+        self._abort = 'operator'
+        response.success, response.message = True, 'aborting: retracting along the needle'
+        return response
+
+    def _on_clock(self, msg: Any) -> None:
+        with self._lock:
+            self._clock.append(stamp_seconds(msg.clock))
+        self._try_tick()
+
+    def _register(self) -> None:
+        if self._clock:
+            self._register_timer.cancel()
+            return
+        msg = message_class('std_msgs/msg/String')()
+        msg.data = NODE_NAME
+        self._pub['lockstep_register'].publish(msg)
+
+    # -- the plan answer ------------------------------------------------------------------
+    def _plan_answer(self, request_s: float) -> PlanAnswer | None:
+        parts = self._answers.get(tick_key(request_s, self.physics_hz), {})
+        status = parts.get('vessel_map_status')
+        if status is not None and status.status and status.status[0].level != 0:
+            return PlanAnswer(request_s, False, f'map: {status.status[0].message}')
+        planned = parts.get('planner_status')
+        if planned is not None and planned.status and planned.status[0].level != 0:
+            return PlanAnswer(request_s, False, f'planner: {planned.status[0].message}')
+        needed = ('vessel_map_target', 'planner_status', 'planner_approach',
+                  'planner_retraction')
+        if any(k not in parts for k in needed):
+            return None
+        values = {kv.key: kv.value for kv in planned.status[0].values}
+        target = parts['vessel_map_target'].pose.position
+        return PlanAnswer(
+            request_s, True, 'planned',
+            approach=trajectory_from_msg(parts['planner_approach']),
+            retraction=trajectory_from_msg(parts['planner_retraction']),
+            stage_travel=float(values['stage_travel']),
+            target=np.array([target.x, target.y, target.z]))
+
+    # -- ticking --------------------------------------------------------------------------
+    def _try_tick(self) -> None:
+        if not self.lockstep:
+            return
+        while True:
+            with self._lock:
+                if not self._clock:
+                    return
+                t = self._clock[0]
+                if t == 0.0:  # the sim's start-up clock: nothing measured yet
+                    self._clock.popleft()
+                    continue
+                if not self._joints or not self._wrenches:
+                    self._wait()
+                    return
+                frames: tuple[UsFrame, ...] = ()
+                if self._us_needed:
+                    missing = self.us_barrier.missing(t)
+                    if missing:
+                        self._wait(f'US results for frames captured at '
+                                   f'{[round(s, 3) for s in missing[:3]]}', missing)
+                        return
+                    due = [k for k in sorted(self._us_results) if k not in self._us_given
+                           and k / self.physics_hz <= t - self.us_barrier.latency_s + 1e-9]
+                    self._us_given.update(due)
+                    frames = tuple(self._us_results[k] for k in due)
+                plan = None
+                if self.guidance.phase == Phase.PLAN and self.guidance._request_s is not None:
+                    plan = self._plan_answer(self.guidance._request_s)
+                    if plan is None and self._fault is None:
+                        self._wait('the map and plan answer')
+                        return
+                self._clock.popleft()
+                js_t, q = self._joints.popleft()
+                w_t, w = self._wrenches.popleft()
+                self._waiting_since = None
+            inputs = Inputs(time_s=t, joints=q, joints_stamp_s=js_t, wrench=w,
+                            wrench_stamp_s=w_t, us_frames=frames, plan=plan,
+                            start=self._start, estop=self._estop, abort=self._abort,
+                            fault=self._fault)
+            out = self._update(inputs)
+            ack = message_class('sensor_msgs/msg/JointState')()
+            ack.header.frame_id = NODE_NAME
+            ack.header.stamp = self._stamp(t)
+            ack.name = self.names
+            ack.position = [float(v) for v in out.command]
+            self._pub['lockstep_ack'].publish(ack)
+
+    def _wait(self, what: str = 'the tick inputs', missing: list[float] | None = None
+              ) -> None:
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+            self._waiting_for = (what, missing)
+        elif now - self._waiting_since > self.stall_timeout_s:
+            self._fault = f'stalled: no {what} for {self.stall_timeout_s:.0f} s'
+            if missing:
+                self.us_barrier.declare_lost(missing)
+            self._waiting_since = None
+
+    def _check_stall(self) -> None:
+        if self._waiting_since is not None:
+            with self._lock:
+                what, missing = self._waiting_for
+                self._wait(what, missing)
+            self._try_tick()
+
+    def _realtime_tick(self, now_s: float) -> None:
+        with self._lock:
+            if not self._joints or not self._wrenches:
+                return
+            js_t, q = self._joints[-1]
+            w_t, w = self._wrenches[-1]
+            due = [k for k in sorted(self._us_results) if k not in self._us_given]
+            self._us_given.update(due)
+            frames = tuple(self._us_results[k] for k in due)
+            plan = None
+            if self.guidance.phase == Phase.PLAN and self.guidance._request_s is not None:
+                plan = self._plan_answer(self.guidance._request_s)
+        t = self.get_clock().now().nanoseconds * 1e-9
+        out = self._update(Inputs(t, q, js_t, w, w_t, frames, plan, self._start, self._estop,
+                                  self._abort, self._fault))
+        msg = message_class('sensor_msgs/msg/JointState')()
+        msg.header.stamp = self._stamp(t)
+        msg.name = self.names
+        msg.position = [float(v) for v in out.command]
+        self._pub['joint_command'].publish(msg)
+
+    def _update(self, inputs: Inputs) -> Any:
+        out = self.guidance.update(inputs)
+        self._us_needed = out.phase in (Phase.ALIGN, Phase.INSERT, Phase.VERIFY)
+        if self._us_needed and self.us_barrier.since_s == 0.0:
+            self.us_barrier.restart(inputs.time_s)
+        self._hash.update(np.ascontiguousarray(out.command, dtype='<f8').tobytes())
+        self._commands += 1
+        if out.map_request_s is not None:
+            header = message_class('std_msgs/msg/Header')()
+            header.stamp = self._stamp(out.map_request_s)
+            header.frame_id = config.load()['frames']['base']
+            self._pub['vessel_map_request'].publish(header)
+        text = f'{out.phase} t={inputs.time_s:.3f}: {out.reason}'
+        if out.phase != self._last_state.split(' ')[0] or out.events:
+            self._publish_state(text if not out.events else f'{text} | {"; ".join(out.events)}')
+            self._last_state = text
+        if out.phase in TERMINAL and not self._finished:
+            self._finished = True
+            self.write_log()
+        return out
+
+    def _publish_state(self, text: str) -> None:
+        msg = message_class('std_msgs/msg/String')()
+        msg.data = text
+        self._pub['guidance_state'].publish(msg)
+        self.get_logger().info(text)
+
+    def _stamp(self, seconds: float) -> Any:
+        msg = message_class('builtin_interfaces/msg/Time')()
+        msg.sec, msg.nanosec = divmod(round(seconds * 1e9), 1_000_000_000)
+        return msg
+
+    @property
+    def command_hash(self) -> str:
+        return self._hash.hexdigest()
+
+    def write_log(self) -> None:
+        """The trace, outcome and command hash as JSON at ``log`` (if set)."""
+        if not self.log_path:
+            return
+        g = self.guidance
+        data = {'phase': str(g.phase), 'reason': g.reason, 'success': g.success,
+                'command_hash': self.command_hash, 'commands': self._commands,
+                'phases': g.trace.phases, 'events': g.trace.events,
+                'insertion': g.trace.insertion, 'plan': g.trace.plan}
+        Path(self.log_path).write_text(json.dumps(data), encoding='utf-8')
+
+    def destroy_node(self) -> None:
+        if not self.lockstep:
+            self._loop.stop()
+        if not self._finished:
+            self.write_log()
+        super().destroy_node()
+
+
+NODE_CLASS = ControllerNode  # for in-process runs (ir-guidance sim --single-process)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the controller until Ctrl-C."""
+    return runner.spin(ControllerNode, NODE_NAME, args, startup_errors=(ValueError, OSError,
+                                                                        RuntimeError))
