@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     campaign.add_argument('--json', type=Path, help='write the summary and every run here')
     campaign.add_argument('--fault', default='', help='the same fault in every run')
     campaign.add_argument('--workdir', type=Path, help='keep each run\'s logs under here')
+    campaign.add_argument('--processes', action='store_true',
+                          help='one process per node in each run (default: one per run)')
 
     train = sub.add_parser('train', help='train a perception model (see its --help)')
     train.add_argument('model', choices=('us',), help='us: the ultrasound vessel U-Net')
@@ -121,7 +123,7 @@ def _campaign(args: argparse.Namespace) -> int:
     from ir_guidance.runs import campaign
 
     summary = campaign.run(seeds=args.seeds, phantoms=args.phantoms, workers=args.workers,
-                           fault=args.fault, workdir=args.workdir)
+                           fault=args.fault, workdir=args.workdir, processes=args.processes)
     print(json.dumps(summary['summary'], indent=2))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + '\n', encoding='utf-8')
