@@ -29,7 +29,7 @@ ROSDEP_KEY = {
     'yaml': 'python3-yaml', 'transforms3d': 'python3-transforms3d',
     'pinocchio': 'pinocchio', 'ruckig': 'ruckig', 'torch': 'python3-torch',
     'mujoco': 'python3-mujoco', 'pyrealsense2': 'python3-pyrealsense2', 'xacro': 'xacro',
-    'pyigtl': 'python3-pyigtl',
+    'pyigtl': 'python3-pyigtl', 'matplotlib': 'python3-matplotlib',
     'ament_index_python': 'ament_index_python',
 }
 # Imported only by benchmarks (pip-only, in requirements.lock), not at run time.

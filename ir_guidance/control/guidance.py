@@ -35,6 +35,7 @@ holds the last command and enters SAFE (bad or stale input, refused command) or 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,7 @@ class Phase(enum.StrEnum):
 
 
 TERMINAL = (Phase.DONE, Phase.SAFE)
+TARE_SAMPLES = 100  # the force tare averages the last 100 ms of readings (arm at rest)
 NEEDLE_IN_TISSUE = (Phase.INSERT, Phase.VERIFY)
 
 
@@ -214,6 +216,7 @@ class Guidance:
         self._wrench = np.zeros(6)
         self._sensor_rotation = np.eye(3)
         self._contact_n = 0.0
+        self._recent: deque[np.ndarray] = deque(maxlen=TARE_SAMPLES)
 
     # -- public -------------------------------------------------------------------------
     def update(self, inputs: Inputs) -> Output:
@@ -235,7 +238,9 @@ class Guidance:
             try:
                 self._wrench = np.asarray(inputs.wrench, dtype=float)
                 self._sensor_rotation = self.chain.fk(q, self.frames['ft_sensor'])[:3, :3]
-                sample = self.force.update(t, self._wrench, self._sensor_rotation)
+                self._recent.append(self._wrench)
+                sample = self.force.update(t, self._wrench, self._sensor_rotation,
+                                           depth_m=float(q[self.stage]))
                 self._contact_n = float(np.linalg.norm(sample.wrench[:3]))
                 self._on_force(sample, t, events)
                 if inputs.abort and self.phase != Phase.ABORT:
@@ -292,11 +297,11 @@ class Guidance:
                 self._abort(f'{event.kind}: {event.detail}', t)
             elif event.kind == 'puncture' and self.phase in NEEDLE_IN_TISSUE and self._tared:
                 self._punctures += 1
-                name = {1: 'skin', 2: 'vein wall'}.get(self._punctures, 'back wall?')
-                text = f'{name} puncture (peak {event.peak_n:.2f} N, drop {event.drop_n:.2f} N)'
+                text = (f'{event.membrane} puncture (peak {event.peak_n:.2f} N, drop '
+                        f'{event.drop_n:.2f} N at {event.depth_m * 1e3:.2f} mm)')
                 events.append(text)
                 self.trace.events.append((t, text))
-                if self._punctures >= 3:
+                if self._punctures >= 3 or event.membrane == 'back_wall':
                     self._abort('third puncture: possible back-wall puncture', t)
         if self.phase == Phase.INSERT:
             self.trace.insertion.append((t, float(self.command[self.stage]),
@@ -465,7 +470,7 @@ class Guidance:
                 self.step_name, self._since = 'settle', t
             return cmd
         if t - self._since >= self.p['settle_s']:
-            self.force.tare(self._wrench, self._sensor_rotation)
+            self.force.tare(np.array(self._recent), self._sensor_rotation)
             self._tared = True
             ins = self.p['insert']
             self._stage = StageProfile(self.dt, ins['speed_m_s'], ins['accel_m_s2'],
