@@ -1,6 +1,7 @@
-"""ROS-free arm kinematics on pinocchio: FK, Jacobians and needle-pose IK for any serial chain."""
+"""ROS-free arm kinematics on pinocchio: FK, Jacobians, needle-pose and pose IK."""
 
 from ir_guidance.kinematics.chain import SerialChain
 from ir_guidance.kinematics.needle_ik import IkResult, NeedleIk, NeedlePose, UnreachableError
+from ir_guidance.kinematics.pose_ik import PoseIk
 
-__all__ = ['IkResult', 'NeedleIk', 'NeedlePose', 'SerialChain', 'UnreachableError']
+__all__ = ['IkResult', 'NeedleIk', 'NeedlePose', 'PoseIk', 'SerialChain', 'UnreachableError']

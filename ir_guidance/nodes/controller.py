@@ -67,6 +67,12 @@ def trajectory_from_msg(msg: Any) -> JointTrajectory:
     return JointTrajectory(tuple(msg.joint_names), times, positions, velocities)
 
 
+def _ok(status: Any) -> bool:
+    """A diagnostic_msgs/DiagnosticStatus at level OK (rclpy gives the level as bytes)."""
+    level = status.level
+    return (level[0] if isinstance(level, bytes) else int(level)) == 0
+
+
 class ControllerNode(Node):
     """Wires :class:`Guidance` to topics; see the module docstring."""
 
@@ -200,10 +206,10 @@ class ControllerNode(Node):
     def _plan_answer(self, request_s: float) -> PlanAnswer | None:
         parts = self._answers.get(tick_key(request_s, self.physics_hz), {})
         status = parts.get('vessel_map_status')
-        if status is not None and status.status and status.status[0].level != 0:
+        if status is not None and status.status and not _ok(status.status[0]):
             return PlanAnswer(request_s, False, f'map: {status.status[0].message}')
         planned = parts.get('planner_status')
-        if planned is not None and planned.status and planned.status[0].level != 0:
+        if planned is not None and planned.status and not _ok(planned.status[0]):
             return PlanAnswer(request_s, False, f'planner: {planned.status[0].message}')
         needed = ('vessel_map_target', 'planner_status', 'planner_approach',
                   'planner_retraction')
