@@ -4,15 +4,18 @@ Starts gz sim with sim/gazebo/forearm_world.sdf, robot_state_publisher with the
 xacro-expanded sim/gazebo/rig_gazebo.urdf.xacro, spawns that description into the world
 (ros_gz_sim create), bridges /clock, the F/T wrench and the NIR/depth camera with
 sim/gazebo/bridge.yaml, spawns the controllers of config/ros2_controllers.yaml and runs
-arm_interface with its parameters from config/ir_guidance.yaml, all on simulation time.
-The ultrasound image is not produced here: no Gazebo sensor can (docs/gazebo.md).
+the stack (arm_interface, ultrasound, nir, vessel_mapper, trajectory_planner,
+force_monitor, controller), each with its section of config/ir_guidance.yaml as
+parameters, all on simulation time. Gazebo has no lockstep protocol: every node gets
+``lockstep: false`` (the controller runs its fixed-rate loop on the sim clock).
+The ultrasound image is not produced here: no Gazebo sensor can (docs/gazebo.md); the
+ultrasound node waits on the image topic (e.g. frames played from a recording).
 Usage: ros2 launch ir_guidance gazebo.launch.py [command_interface:=trajectory]
        [gz_args:='-r -s -v 3']   (-s: server only, no GUI)
 """
 
 import os
 
-import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, RegisterEventHandler
@@ -22,6 +25,8 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import Command, EqualsSubstitution, LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+
+from ir_guidance import config as ir_config
 
 # arm_interface's command_interface -> the controller that takes its commands.
 CONTROLLERS = {
@@ -37,11 +42,22 @@ def _spawner(controller, controllers_yaml, *extra, condition=None):
                 condition=condition, output='screen')
 
 
+def flat(section, **overrides):
+    """A config section as ROS parameters: nested mappings become ``key.subkey`` names."""
+    params = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            params.update({f'{key}.{k}': v for k, v in flat(value).items()})
+        else:
+            params[key] = value
+    params.update(overrides)
+    return params
+
+
 def generate_launch_description():
     share = get_package_share_directory('ir_guidance')
     config_yaml = os.path.join(share, 'config', 'ir_guidance.yaml')
-    with open(config_yaml, encoding='utf-8') as f:
-        config = yaml.safe_load(f)
+    config = ir_config.load(config_yaml)
     rig_xacro = os.path.join(share, config['robot']['urdf_xacro'])
     gazebo_xacro = os.path.join(share, 'sim', 'gazebo', 'rig_gazebo.urdf.xacro')
     world = os.path.join(share, 'sim', 'gazebo', 'forearm_world.sdf')
@@ -56,9 +72,9 @@ def generate_launch_description():
         value_type=str)
     command_interface = LaunchConfiguration('command_interface')
 
-    params = dict(config['arm_interface'])
-    params['command_interface'] = command_interface
+    stack = {'use_sim_time': True, 'lockstep': False}
     # robot_state_publisher below publishes every frame: a second broadcaster would clash.
+    params = flat(config['arm_interface'], command_interface=command_interface)
     params['publish_tf'] = False
     params['use_sim_time'] = True
 
@@ -101,4 +117,16 @@ def generate_launch_description():
                                            on_exit=controllers)),
         Node(package='ir_guidance', executable='arm_interface', name='arm_interface',
              parameters=[params], output='screen'),
+        Node(package='ir_guidance', executable='ultrasound', name='ultrasound',
+             parameters=[flat(config['ultrasound'], source='topic', **stack)], output='screen'),
+        Node(package='ir_guidance', executable='nir', name='nir',
+             parameters=[flat(config['nir'], source='topic', **stack)], output='screen'),
+        Node(package='ir_guidance', executable='vessel_mapper', name='vessel_mapper',
+             parameters=[flat(config['vessel_mapper'], **stack)], output='screen'),
+        Node(package='ir_guidance', executable='trajectory_planner', name='trajectory_planner',
+             parameters=[flat(config['planner'], **stack)], output='screen'),
+        Node(package='ir_guidance', executable='force_monitor', name='force_monitor',
+             parameters=[flat(config['force_monitor'], **stack)], output='screen'),
+        Node(package='ir_guidance', executable='controller', name='controller',
+             parameters=[flat(config['controller'], **stack)], output='screen'),
     ])

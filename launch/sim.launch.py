@@ -1,41 +1,61 @@
-"""Launch the embedded simulator with the rig description and the arm interface.
+"""Run the whole stack against the embedded simulator, in lockstep by default.
 
-The same node set the CLI starts (`ir-guidance node sim`, `ir-guidance node
-arm_interface`), with parameters from config/ir_guidance.yaml and sim time.
-Usage: ros2 launch ir_guidance sim.launch.py [mode:=lockstep] [phantom:=/path.yaml] [seed:=3]
+The sim node (`mode:=lockstep`: a tick advances only when the controller has answered
+the last one, so a seed gives the same run, command for command) with
+robot_state_publisher and every stack node: arm_interface, ultrasound and nir (fed by the
+sim's image topics), vessel_mapper, trajectory_planner, force_monitor and controller.
+Each gets its section of config/ir_guidance.yaml as parameters (nested keys as
+``section.key``), ``use_sim_time: true`` and ``lockstep: true`` (consumers of
+asynchronous results wait for them on the lockstep schedule, config ``lockstep``);
+``mode:=realtime`` runs the sim on the wall clock and sets ``lockstep: false`` on every
+node instead.
+Usage: ros2 launch ir_guidance sim.launch.py [mode:=realtime] [phantom:=/path.yaml] [seed:=3]
 """
 
 import os
 
-import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
-from launch.substitutions import Command, LaunchConfiguration
+from launch.substitutions import Command, EqualsSubstitution, LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+
+from ir_guidance import config as ir_config
+
+
+def flat(section, **overrides):
+    """A config section as ROS parameters: nested mappings become ``key.subkey`` names."""
+    params = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            params.update({f'{key}.{k}': v for k, v in flat(value).items()})
+        else:
+            params[key] = value
+    params.update(overrides)
+    return params
 
 
 def generate_launch_description():
     share = get_package_share_directory('ir_guidance')
-    with open(os.path.join(share, 'config', 'ir_guidance.yaml'), encoding='utf-8') as f:
-        config = yaml.safe_load(f)
+    config = ir_config.load(os.path.join(share, 'config', 'ir_guidance.yaml'))
     xacro_file = os.path.join(share, config['robot']['urdf_xacro'])
     sim = config['sim']
-    arm = dict(config['arm_interface'], use_sim_time=True, publish_tf=False)
+    mode = LaunchConfiguration('mode')
+    # Every stack node runs in lockstep exactly when the sim does.
+    stack = {'use_sim_time': True,
+             'lockstep': ParameterValue(EqualsSubstitution(mode, 'lockstep'), value_type=bool)}
     arguments = [
-        DeclareLaunchArgument('mode', default_value=sim['mode'],
-                              description='realtime or lockstep'),
+        DeclareLaunchArgument('mode', default_value='lockstep',
+                              choices=['lockstep', 'realtime'],
+                              description='lockstep (deterministic) or realtime'),
         DeclareLaunchArgument('phantom', default_value=sim['phantom'],
                               description='phantom YAML (share-relative or absolute) '
                                           'or random:SEED'),
         DeclareLaunchArgument('seed', default_value=str(sim['seed'])),
     ]
-    sim_params = {
-        'mode': LaunchConfiguration('mode'),
-        'phantom': LaunchConfiguration('phantom'),
-        'seed': ParameterValue(LaunchConfiguration('seed'), value_type=int),
-    }
+    sim_params = flat(sim, mode=mode, phantom=LaunchConfiguration('phantom'),
+                      seed=ParameterValue(LaunchConfiguration('seed'), value_type=int))
     return LaunchDescription([
         *arguments,
         Node(package='ir_guidance', executable='sim', name='sim', parameters=[sim_params],
@@ -44,5 +64,18 @@ def generate_launch_description():
              parameters=[{'robot_description': ParameterValue(
                  Command(['xacro ', xacro_file]), value_type=str), 'use_sim_time': True}]),
         Node(package='ir_guidance', executable='arm_interface', name='arm_interface',
-             parameters=[arm], output='screen'),
+             parameters=[flat(config['arm_interface'], publish_tf=False, **stack)],
+             output='screen'),
+        Node(package='ir_guidance', executable='ultrasound', name='ultrasound',
+             parameters=[flat(config['ultrasound'], source='topic', **stack)], output='screen'),
+        Node(package='ir_guidance', executable='nir', name='nir',
+             parameters=[flat(config['nir'], source='topic', **stack)], output='screen'),
+        Node(package='ir_guidance', executable='vessel_mapper', name='vessel_mapper',
+             parameters=[flat(config['vessel_mapper'], **stack)], output='screen'),
+        Node(package='ir_guidance', executable='trajectory_planner', name='trajectory_planner',
+             parameters=[flat(config['planner'], **stack)], output='screen'),
+        Node(package='ir_guidance', executable='force_monitor', name='force_monitor',
+             parameters=[flat(config['force_monitor'], **stack)], output='screen'),
+        Node(package='ir_guidance', executable='controller', name='controller',
+             parameters=[flat(config['controller'], **stack)], output='screen'),
     ])

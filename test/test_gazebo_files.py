@@ -544,7 +544,10 @@ def test_launch_file_starts_the_gazebo_stack():
         ('ros_gz_sim', 'create'),
         ('ros_gz_bridge', 'parameter_bridge'),
         ('controller_manager', 'spawner'),
-        ('ir_guidance', 'arm_interface'),
+        ('ir_guidance', 'arm_interface'), ('ir_guidance', 'ultrasound'),
+        ('ir_guidance', 'nir'), ('ir_guidance', 'vessel_mapper'),
+        ('ir_guidance', 'trajectory_planner'), ('ir_guidance', 'force_monitor'),
+        ('ir_guidance', 'controller'),
     }
     strings = _string_constants(tree)
     for controller in ('joint_state_broadcaster', 'forward_position_controller',

@@ -204,6 +204,9 @@ class ForceMonitorNode(Node):
         self._last_error = ''
 
 
+NODE_CLASS = ForceMonitorNode  # for in-process runs (ir-guidance sim --single-process)
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the force monitor until Ctrl-C; a bad parameter exits with 1."""
     return runner.spin(ForceMonitorNode, NODE_NAME, args)

@@ -248,6 +248,9 @@ class TrajectoryPlanner(Node):
             self.get_logger().error(f'plan refused: {message}', throttle_duration_sec=1.0)
 
 
+NODE_CLASS = TrajectoryPlanner  # for in-process runs (ir-guidance sim --single-process)
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the node until Ctrl-C or an external shutdown; returns the exit status."""
     return runner.spin(TrajectoryPlanner, NODE_NAME, args)
