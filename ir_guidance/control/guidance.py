@@ -35,6 +35,7 @@ holds the last command and enters SAFE (bad or stale input, refused command) or 
 from __future__ import annotations
 
 import enum
+import functools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,11 +167,36 @@ class StageProfile:
         return self.position
 
 
+@functools.cache
+def _probe_kit() -> tuple[Any, PoseIk, motion.MotionLimits, str]:
+    """Chain, probe IK and limits of this process (built once; workers build their own)."""
+    cfg = config.load()
+    chain = rig_description.rig_chain()
+    kin = cfg['kinematics']
+    ik = PoseIk(chain, cfg['frames']['us_image'], pos_tol=kin['pos_tol'],
+                rot_tol=kin['axis_tol'], max_iters=kin['max_iters'],
+                restarts=kin['restarts'], seed=kin['seed'])
+    return chain, ik, motion.MotionLimits.from_config(chain), cfg['robot']['stage_joint']
+
+
+def probe_line(q0: np.ndarray, target: np.ndarray, speed: float, dt: float
+               ) -> JointTrajectory | BaseException:
+    """The probe on a straight line to ``target`` (stage held): a job for a worker.
+
+    Returns the error instead of raising it, so that a worker process hands it back.
+    """
+    chain, ik, limits, stage = _probe_kit()
+    try:
+        return motion.cartesian_line(chain, ik, q0, target, speed, dt, limits, frozen=(stage,))
+    except (ValueError, RuntimeError) as error:
+        return error
+
+
 class Guidance:
     """The controller's state and its per-tick update (see the module docstring)."""
 
     def __init__(self, params: dict | None = None, home: np.ndarray | None = None,
-                 force_monitor: ForceMonitor | None = None) -> None:
+                 force_monitor: ForceMonitor | None = None, inline_jobs: bool = True) -> None:
         cfg = config.load()
         self.p = dict(params or cfg['controller'])
         self.chain = rig_description.rig_chain()
@@ -187,10 +213,7 @@ class Guidance:
         self.workspace = supervisor.Workspace.from_config(self.p)
         self.force = force_monitor or ForceMonitor.from_config()
         self.limits = motion.MotionLimits.from_config(self.chain)
-        kin = cfg['kinematics']
-        self.probe_ik = PoseIk(self.chain, self.frames['us_image'], pos_tol=kin['pos_tol'],
-                               rot_tol=kin['axis_tol'], max_iters=kin['max_iters'],
-                               restarts=kin['restarts'], seed=kin['seed'])
+        self.probe_ik = _probe_kit()[1]
         self.home = np.array(cfg['robot']['home'] if home is None else home, dtype=float)
         self.phase = Phase.IDLE
         self.reason = 'waiting for start'
@@ -217,6 +240,12 @@ class Guidance:
         self._sensor_rotation = np.eye(3)
         self._contact_n = 0.0
         self._recent: deque[np.ndarray] = deque(maxlen=TARE_SAMPLES)
+        self.inline_jobs = inline_jobs
+        self.requested_jobs: list[str] = []
+        self._jobs: dict[str, tuple[Any, tuple]] = {}
+        self._results: dict[str, Any] = {}
+        self._contact_q: np.ndarray | None = None
+        self._prepare_scan()
 
     # -- public -------------------------------------------------------------------------
     def update(self, inputs: Inputs) -> Output:
@@ -394,18 +423,49 @@ class Guidance:
             return cmd, None
         return hold, request
 
-    def _begin_map(self, q: np.ndarray, t: float) -> None:
+    def _prepare_scan(self) -> None:
+        """Hover over the sweep start and the touch-down line, computed once here.
+
+        Both are fixed by home, so no control tick has to wait for them.
+        """
         probe = self.chain.fk(self.home, self.frames['us_image'])
-        start, end = scan.sweep_poses(probe, self.p['sweep']['length_m'], probe[2, 3])
-        result = self.probe_ik.solve(start, q, frozen=(self.names[self.stage],))
+        start, self._sweep_end = scan.sweep_poses(probe, self.p['sweep']['length_m'],
+                                                  probe[2, 3])
+        result = self.probe_ik.solve(start, self.home, frozen=(self.names[self.stage],))
         if not result.success:
             raise RuntimeError(f'sweep start unreachable: {result.reason}')
         self._hover = result.positions
-        self._sweep_end = end
+        down = start.copy()
+        down[2, 3] -= self.p['sweep']['touchdown_max_m']
+        self._touchdown = probe_line(self._hover, down, self.p['sweep']['touchdown_speed_m_s'],
+                                     self.path_dt)
+
+    def _begin_map(self, q: np.ndarray, t: float) -> None:
         self._start(motion.joint_move(q, self._hover, self.limits, self.path_dt, self.names),
                     t, 'to hover')
         self._enter(Phase.MAP, 'moving to the sweep start', t)
         self.step_name = 'to hover'
+
+    def _job(self, key: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` now (inline), or later from a worker (None until delivered).
+
+        Inline (simulation, tests) keeps a run deterministic. On hardware the node hands
+        the job to a worker process while the loop holds, so that no tick waits for a long
+        computation; :meth:`deliver` brings the result.
+        """
+        if key in self._results:
+            return self._results.pop(key)
+        if self.inline_jobs:
+            return fn(*args)
+        if key not in self._jobs:
+            self._jobs[key] = (fn, args)
+            self.requested_jobs.append(key)
+        return None
+
+    def deliver(self, key: str, result: Any) -> None:
+        """A worker's result for job ``key`` (an exception is re-raised in the next tick)."""
+        self._jobs.pop(key, None)
+        self._results[key] = result
 
     def _map_step(self, q: np.ndarray, t: float, inputs: Inputs
                   ) -> tuple[np.ndarray, float | None]:
@@ -413,28 +473,31 @@ class Guidance:
         if self.step_name == 'to hover':
             cmd, ended = self._follow(t)
             if ended:
-                down = self.chain.fk(self._hover, self.frames['us_image'])
-                down[2, 3] -= sweep['touchdown_max_m']
-                self._start(motion.cartesian_line(
-                    self.chain, self.probe_ik, self._hover, down, sweep['touchdown_speed_m_s'],
-                    self.path_dt, self.limits, frozen=(self.names[self.stage],)), t, 'touchdown')
+                self._start(self._touchdown, t, 'touchdown')
             return cmd, None
         if self.step_name == 'touchdown':
             if self._contact_n >= sweep['contact_force_n']:
                 contact = self.chain.fk(self.command, self.frames['us_image'])
-                end = self._sweep_end.copy()
-                end[2, 3] = contact[2, 3]
                 self.trace.events.append((t, f'skin contact at z = {contact[2, 3]:.4f} m'))
-                self._start(motion.cartesian_line(
-                    self.chain, self.probe_ik, self.command, end, sweep['speed_m_s'], self.path_dt,
-                    self.limits, frozen=(self.names[self.stage],)), t, 'sweep')
+                self.step_name, self.reason = 'contact', 'planning the sweep'
+                self._contact_q = self.command.copy()
+            else:
+                cmd, ended = self._follow(t)
+                if ended:
+                    raise RuntimeError(f'no skin contact within '
+                                       f'{sweep["touchdown_max_m"] * 1e3:.0f} mm of the hover')
+                return cmd, None
+        if self.step_name == 'contact':
+            end = self._sweep_end.copy()
+            end[2, 3] = self.chain.fk(self._contact_q, self.frames['us_image'])[2, 3]
+            line = self._job('sweep', probe_line, self._contact_q, end, sweep['speed_m_s'],
+                             self.path_dt)
+            if isinstance(line, BaseException):
+                raise RuntimeError(f'sweep not possible: {line}')
+            if line is not None:
+                self._start(line, t, 'sweep')
                 self.reason = 'US sweep'
-                return self.command.copy(), None
-            cmd, ended = self._follow(t)
-            if ended:
-                raise RuntimeError(f'no skin contact within {sweep["touchdown_max_m"] * 1e3:.0f}'
-                                   ' mm of the hover height')
-            return cmd, None
+            return self.command.copy(), None
         if self.step_name == 'sweep':
             cmd, ended = self._follow(t)
             if ended:

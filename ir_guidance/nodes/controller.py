@@ -67,6 +67,14 @@ def trajectory_from_msg(msg: Any) -> JointTrajectory:
     return JointTrajectory(tuple(msg.joint_names), times, positions, velocities)
 
 
+def warm_up() -> bool:
+    """Build the worker's kinematics once, before the first real job."""
+    from ir_guidance.control.guidance import _probe_kit
+
+    _probe_kit()
+    return True
+
+
 def _ok(status: Any) -> bool:
     """A diagnostic_msgs/DiagnosticStatus at level OK (rclpy gives the level as bytes)."""
     level = status.level
@@ -86,7 +94,16 @@ class ControllerNode(Node):
         self.autostart = bool(self.get_parameter('autostart').value)
         self.log_path = str(self.get_parameter('log').value)
         self.names = config.joint_names()
-        self.guidance = Guidance()
+        # Lockstep runs compute long jobs (a sweep line) inside the tick: deterministic,
+        # and the sim waits anyway. On hardware a worker process does them.
+        self.guidance = Guidance(inline_jobs=self.lockstep)
+        self._pool = None
+        if not self.lockstep:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'))
+            self._pool.submit(warm_up).result()
         sim = cfg['sim']
         ls = cfg['lockstep']
         self.physics_hz = float(sim['physics_hz'])
@@ -314,6 +331,12 @@ class ControllerNode(Node):
 
     def _update(self, inputs: Inputs) -> Any:
         out = self.guidance.update(inputs)
+        while self.guidance.requested_jobs:
+            key = self.guidance.requested_jobs.pop(0)
+            fn, args = self.guidance._jobs[key]
+            future = self._pool.submit(fn, *args)
+            future.add_done_callback(
+                lambda f, key=key: self.guidance.deliver(key, f.exception() or f.result()))
         self._us_needed = out.phase in (Phase.ALIGN, Phase.INSERT, Phase.VERIFY)
         if self._us_needed and self.us_barrier.since_s == 0.0:
             self.us_barrier.restart(inputs.time_s)
@@ -362,6 +385,7 @@ class ControllerNode(Node):
     def destroy_node(self) -> None:
         if not self.lockstep:
             self._loop.stop()
+            self._pool.shutdown(cancel_futures=True)
         if not self._finished:
             self.write_log()
         super().destroy_node()
