@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-BENCHES = ('kinematics', 'sim', 'perception', 'mapping', 'planning', 'control')
+BENCHES = ('kinematics', 'sim', 'perception', 'mapping', 'planning', 'control',
+           'calibration')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         return _sim(args)
     if args.command == 'campaign':
         return _campaign(args)
+    if args.command == 'calibrate':
+        from ir_guidance import calibration
+
+        return calibration.main(args.calibrate_args)
     if args.command == 'train':
         from ir_guidance.perception import train_us
 
@@ -70,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     campaign.add_argument('--workdir', type=Path, help='keep each run\'s logs under here')
     campaign.add_argument('--processes', action='store_true',
                           help='one process per node in each run (default: one per run)')
+
+    calibrate = sub.add_parser('calibrate', help='hand-eye (camera) or US probe calibration '
+                                                 '(see docs/calibration.md and its --help)')
+    calibrate.add_argument('calibrate_args', nargs=argparse.REMAINDER,
+                           help='hand-eye DATA.yaml | probe DATA.yaml | simulate KIND OUT.yaml')
 
     train = sub.add_parser('train', help='train a perception model (see its --help)')
     train.add_argument('model', choices=('us',), help='us: the ultrasound vessel U-Net')
@@ -133,7 +143,8 @@ def _campaign(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     run = {'sim': _bench_sim, 'kinematics': _bench_kinematics,
            'perception': _bench_perception, 'mapping': _bench_mapping,
-           'planning': _bench_planning, 'control': _bench_control}[args.name]
+           'planning': _bench_planning, 'control': _bench_control,
+           'calibration': _bench_calibration}[args.name]
     result = run(args)
     text = json.dumps(result, indent=2)
     print(text)
@@ -203,6 +214,12 @@ def _bench_control(args: argparse.Namespace) -> dict:
     result['meets_bar'] = bool(result['period_err_us_p99'] <= 50
                                and result['ratio_p99'] <= 0.25)
     return result
+
+
+def _bench_calibration(args: argparse.Namespace) -> dict:
+    from ir_guidance.bench import calibration
+
+    return calibration.run(seed=args.seed)
 
 
 def _chain_and_home(args: argparse.Namespace):

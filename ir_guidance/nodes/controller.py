@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 
 from ir_guidance import config
@@ -115,7 +116,7 @@ class ControllerNode(Node):
         self._us_given: set[int] = set()
         self._joints: deque[tuple[float, np.ndarray]] = deque()
         self._wrenches: deque[tuple[float, np.ndarray]] = deque()
-        self._clock: deque[float] = deque()
+        self._ticks: deque[float] = deque()
         self._answers: dict[int, dict[str, Any]] = {}
         self._start = self.autostart
         self._estop = False
@@ -143,8 +144,10 @@ class ControllerNode(Node):
         self.create_service(trigger, '/guidance/abort', self._on_abort)
         if self.lockstep:
             contract_subscription(self, 'clock', self._on_clock)
-            self._register_timer = self.create_timer(0.2, self._register)
-            self._stall_timer = self.create_timer(0.2, self._check_stall)
+            # Wall-clock timers: sim time stands still until the controller answers.
+            steady = Clock(clock_type=ClockType.STEADY_TIME)
+            self._register_timer = self.create_timer(0.2, self._register, clock=steady)
+            self._stall_timer = self.create_timer(0.2, self._check_stall, clock=steady)
         else:
             from ir_guidance.control.rate import FixedRateLoop
 
@@ -208,11 +211,11 @@ class ControllerNode(Node):
 
     def _on_clock(self, msg: Any) -> None:
         with self._lock:
-            self._clock.append(stamp_seconds(msg.clock))
+            self._ticks.append(stamp_seconds(msg.clock))
         self._try_tick()
 
     def _register(self) -> None:
-        if self._clock:
+        if self._ticks:
             self._register_timer.cancel()
             return
         msg = message_class('std_msgs/msg/String')()
@@ -247,11 +250,11 @@ class ControllerNode(Node):
             return
         while True:
             with self._lock:
-                if not self._clock:
+                if not self._ticks:
                     return
-                t = self._clock[0]
+                t = self._ticks[0]
                 if t == 0.0:  # the sim's start-up clock: nothing measured yet
-                    self._clock.popleft()
+                    self._ticks.popleft()
                     continue
                 if not self._joints or not self._wrenches:
                     self._wait()
@@ -273,7 +276,7 @@ class ControllerNode(Node):
                     if plan is None and self._fault is None:
                         self._wait('the map and plan answer')
                         return
-                self._clock.popleft()
+                self._ticks.popleft()
                 js_t, q = self._joints.popleft()
                 w_t, w = self._wrenches.popleft()
                 self._waiting_since = None
@@ -292,9 +295,9 @@ class ControllerNode(Node):
     def _wait(self, what: str = 'the tick inputs', missing: list[float] | None = None
               ) -> None:
         now = time.monotonic()
+        self._waiting_for = (what, missing)
         if self._waiting_since is None:
             self._waiting_since = now
-            self._waiting_for = (what, missing)
         elif now - self._waiting_since > self.stall_timeout_s:
             self._fault = f'stalled: no {what} for {self.stall_timeout_s:.0f} s'
             if missing:

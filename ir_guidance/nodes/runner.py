@@ -8,6 +8,7 @@ on Ctrl-C or an external shutdown.
 from __future__ import annotations
 
 import contextlib
+import traceback
 from collections.abc import Callable
 
 import rclpy
@@ -26,9 +27,18 @@ def spin(make_node: Callable[[], Node], name: str, args: list[str] | None,
     try:
         with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):
             node = make_node()
-            rclpy.spin(node)
     except startup_errors as error:
         rclpy.logging.get_logger(name).fatal(f'cannot start: {error}')
+        rclpy.try_shutdown()
+        return 1
+    try:
+        with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):
+            if node is not None:
+                rclpy.spin(node)
+    except Exception as error:
+        # A callback failed: say where, then stop (a node must not run on half its state).
+        rclpy.logging.get_logger(name).fatal(
+            f'stopped: {type(error).__name__}: {error}\n{traceback.format_exc()}')
         return 1
     finally:
         if node is not None:

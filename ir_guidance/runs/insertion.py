@@ -48,7 +48,7 @@ class RunOptions:
 
 def node_parameters(name: str, options: RunOptions, workdir: Path) -> dict[str, Any]:
     """The ROS parameters ``name`` gets in a simulated run (on top of config/)."""
-    params: dict[str, Any] = {'lockstep': True, 'use_sim_time': True}
+    params: dict[str, Any] = {'lockstep': True, 'use_sim_time': name != 'sim'}
     if name == 'sim':
         params.update(mode='lockstep', seed=options.seed,
                       phantom=options.phantom or f'random:{options.seed}',
