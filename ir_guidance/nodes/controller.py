@@ -3,9 +3,9 @@
 The node gathers inputs, builds one :class:`Inputs` snapshot per tick, calls
 ``Guidance.update`` and sends the command. Two ways to tick:
 
-- ``lockstep`` (simulation): the tick is the simulator's ``/clock``. Per tick the sim
-  publishes one joint state and one wrench (reliable, in order), so the node pairs the
-  k-th of each with tick k. US results of a frame captured at ``s`` are used from
+- ``lockstep`` (simulation): per tick the sim publishes one joint state and one wrench
+  (reliable, in order), so the k-th of each is tick k (stamped with its sim time; no
+  ``/clock`` needed). US results of a frame captured at ``s`` are used from
   ``s + lockstep.us_latency_s`` on, and the node does not answer a tick until every
   scheduled frame up to then has its result (``ir_guidance.lockstep``); in PLAN it does
   not answer until the mapper and planner have answered its request. The answer (the
@@ -116,7 +116,6 @@ class ControllerNode(Node):
         self._us_given: set[int] = set()
         self._joints: deque[tuple[float, np.ndarray]] = deque()
         self._wrenches: deque[tuple[float, np.ndarray]] = deque()
-        self._ticks: deque[float] = deque()
         self._answers: dict[int, dict[str, Any]] = {}
         self._start = self.autostart
         self._estop = False
@@ -143,7 +142,6 @@ class ControllerNode(Node):
         self.create_service(trigger, '/guidance/start', self._on_start)
         self.create_service(trigger, '/guidance/abort', self._on_abort)
         if self.lockstep:
-            contract_subscription(self, 'clock', self._on_clock)
             # Wall-clock timers: sim time stands still until the controller answers.
             steady = Clock(clock_type=ClockType.STEADY_TIME)
             self._register_timer = self.create_timer(0.2, self._register, clock=steady)
@@ -209,13 +207,8 @@ class ControllerNode(Node):
         response.success, response.message = True, 'aborting: retracting along the needle'
         return response
 
-    def _on_clock(self, msg: Any) -> None:
-        with self._lock:
-            self._ticks.append(stamp_seconds(msg.clock))
-        self._try_tick()
-
     def _register(self) -> None:
-        if self._ticks:
+        if self._joints or self._commands:
             self._register_timer.cancel()
             return
         msg = message_class('std_msgs/msg/String')()
@@ -250,15 +243,13 @@ class ControllerNode(Node):
             return
         while True:
             with self._lock:
-                if not self._ticks:
-                    return
-                t = self._ticks[0]
-                if t == 0.0:  # the sim's start-up clock: nothing measured yet
-                    self._ticks.popleft()
-                    continue
+                # A tick is the k-th joint state with the k-th wrench: the sim publishes
+                # exactly one of each per tick, reliably and in order.
                 if not self._joints or not self._wrenches:
-                    self._wait()
+                    if self._joints or self._wrenches:
+                        self._wait()
                     return
+                t = self._joints[0][0]
                 frames: tuple[UsFrame, ...] = ()
                 if self._us_needed:
                     missing = self.us_barrier.missing(t)
@@ -276,7 +267,6 @@ class ControllerNode(Node):
                     if plan is None and self._fault is None:
                         self._wait('the map and plan answer')
                         return
-                self._ticks.popleft()
                 js_t, q = self._joints.popleft()
                 w_t, w = self._wrenches.popleft()
                 self._waiting_since = None

@@ -40,6 +40,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 
 from ir_guidance import config, rig_description
@@ -117,7 +118,11 @@ class VesselMapperNode(Node):
         contract_subscription(self, 'us_vessels', self._on_us, self.lockstep)
         contract_subscription(self, 'nir_veins', self._on_nir, self.lockstep)
         contract_subscription(self, 'vessel_map_request', self._on_request, self.lockstep)
-        self.create_timer(1.0 / CHECK_HZ, self._check_pending)
+        # Wall clock: in a lockstep run sim time stands still while a request waits.
+        self.create_timer(1.0 / CHECK_HZ, self._check_pending,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+        # Lockstep: results that arrive before the joint states of their stamp wait here.
+        self._deferred: list[tuple[float, Any, Any]] = []
         self.create_timer(1.0 / float(self.map_params['publish_hz']), self._publish_view)
 
     # -- inputs ---------------------------------------------------------------------------
@@ -130,6 +135,23 @@ class VesselMapperNode(Node):
                              np.array([by_name[n] for n in self.chain.joint_names]))
         except ValueError as error:
             self._input_error(str(error), stamp_seconds(msg.header.stamp))
+        if self._deferred:
+            ready = [d for d in self._deferred if self._covered(d[0])]
+            self._deferred = [d for d in self._deferred if not self._covered(d[0])]
+            for _, handler, deferred in sorted(ready, key=lambda d: d[0]):
+                handler(deferred)
+
+    def _covered(self, stamp: float) -> bool:
+        """The joint history reaches ``stamp`` (so its pose can be interpolated)."""
+        latest = self.history.latest_stamp
+        return latest is not None and latest >= stamp - 1e-9
+
+    def _defer(self, stamp: float, handler: Any, msg: Any) -> bool:
+        """Lockstep: keep a result until the joint states of its stamp have arrived."""
+        if not self.lockstep or self._covered(stamp):
+            return False
+        self._deferred.append((stamp, handler, msg))
+        return True
 
     def _pose_at(self, stamp: float, frame: str) -> np.ndarray:
         return self.chain.fk(self.history.at(stamp, self.max_gap), frame)
@@ -143,6 +165,8 @@ class VesselMapperNode(Node):
 
     def _on_us(self, msg: Any) -> None:
         stamp = stamp_seconds(msg.header.stamp)
+        if self._defer(stamp, self._on_us, msg):
+            return
         self.barriers['us'].received(stamp)
         try:
             cloud = self._fields(msg, US_FIELDS)
@@ -162,6 +186,8 @@ class VesselMapperNode(Node):
 
     def _on_nir(self, msg: Any) -> None:
         stamp = stamp_seconds(msg.header.stamp)
+        if self._defer(stamp, self._on_nir, msg):
+            return
         self.barriers['nir'].received(stamp)
         try:
             cloud = self._fields(msg, NIR_FIELDS)
@@ -333,6 +359,9 @@ class VesselMapperNode(Node):
         msg.status = [status]
         self.get_logger().error(text, throttle_duration_sec=1.0)
         self._pub['vessel_map_status'].publish(msg)
+
+
+NODE_CLASS = VesselMapperNode  # for in-process runs (ir-guidance sim --single-process)
 
 
 def main(args: list[str] | None = None) -> int:

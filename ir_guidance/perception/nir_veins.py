@@ -7,11 +7,26 @@ at 10 cm). docs/perception_nir.md has the measurements behind every choice below
 1. **Working resolution.** The image is reduced with ``cv2.pyrDown`` while the smallest
    Hessian scale stays >= 4 px there (at most to quarter resolution: scales of 16-32 px
    run at 160 x 120 for a 640 x 480 image).
-2. **Flat field.** The image is divided by its background: a grey closing with a disc of
-   ``flat_field_px`` (wider than any vein's shadow, so it bridges them), smoothed, on
+2. **Flat field.** (a) The image is divided by its background: a grey closing with a
+   disc of ``flat_field_px`` (wider than any vein's shadow, so it bridges them), smoothed, on
    an odd-reflected border (a mirrored one biases the background high near the border).
    Uneven illumination, vignetting and the arm's curvature become a flat 1, veins a
    relative dip, mapped to 8 bits as ``160 + contrast_gain * (ratio - 1)``.
+   **2b. From the depth image** (``detect_points``, or ``detect`` given ``depth`` and
+   ``k``; ``shading_from_depth``), which the image-only background cannot match where
+   the arm bends away (its blur lies below the arm's steep shoulders, and veins on the
+   slope vanish). The depth, reduced like the image, gives a first view cosine (normals
+   of the depth smoothed by ``depth_smooth_px``); the arm is the brighter Otsu class of
+   ``(I - ambient_dn) range^2 / cos`` (its albedo; the table is darker) where that
+   cosine is ``>= shading_cos``. A quadric surface fitted to the arm's 3D points (the
+   millimetre steps of the depth average out; a cylinder or cone is fitted exactly) and
+   intersected with every ray gives the shading ``S = cos / range^2`` of Lambertian
+   skin lit from the camera. The lamp's illumination ``L`` is a polynomial of degree
+   ``illumination_order`` fitted robustly (veins left out) to ``log((I - ambient) / S)``
+   on the arm. ``(I - ambient) / (S L)``, carried past the arm's edge by its local mean
+   (``fill_px``), then goes through step 2a for what the model leaves. The arm region
+   is the arm where ``cos >= roi_cos``, eroded by ``roi_margin_px`` (not step 3).
+   ``ambient_dn`` (the image level with the lamp off) is a camera calibration.
 3. **Arm region.** The forearm is far brighter than what lies around it. Otsu's
    threshold splits the background of step 2 (veins already filled in) in two classes;
    when the dark class's mean is below ``roi_ratio`` times the bright class's, the arm
@@ -104,6 +119,13 @@ class NirParams:
     saturation_dn: int = 250
     smooth_px: float = 16.0
     depth_window_px: int = 5
+    shading_from_depth: bool = True      # flat field from the depth image's shape
+    depth_smooth_px: float = 12.0        # smoothing of the depth for the first look
+    shading_cos: float = 0.35            # skin this oblique or more is not modelled
+    roi_cos: float = 0.45                # veins are looked for on skin facing the camera
+    illumination_order: int = 1          # polynomial degree of the lamp's illumination
+    fill_px: float = 32.0                # smoothing of the flat field outside the arm
+    ambient_dn: float = 4.0              # image level without the lamp (calibration)
 
     def __post_init__(self) -> None:
         scales = tuple(float(s) for s in np.atleast_1d(np.asarray(self.scales_px, float)))
@@ -128,12 +150,23 @@ class NirParams:
         if not (math.isfinite(self.clahe_clip) and self.clahe_clip >= 0):
             raise ValueError(f'clahe_clip must be finite and >= 0 (0: off), '
                              f'got {self.clahe_clip!r}')
+        if not (isinstance(self.illumination_order, int | np.integer)
+                and 0 <= self.illumination_order <= 4):
+            raise ValueError(f'illumination_order must be an int in [0, 4], '
+                             f'got {self.illumination_order!r}')
+        if not isinstance(self.shading_from_depth, bool | np.bool_):
+            raise ValueError(f'shading_from_depth must be a bool, '
+                             f'got {self.shading_from_depth!r}')
+        for name in ('shading_cos', 'roi_cos'):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f'{name} must be in [0, 1), got {value!r}')
         for name in ('frangi_beta', 'frangi_c', 'edge_gamma', 'flat_field_px',
-                     'contrast_gain'):
+                     'contrast_gain', 'depth_smooth_px', 'fill_px'):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f'{name} must be finite and > 0, got {value!r}')
-        for name in ('min_length_px', 'roi_margin_px', 'smooth_px'):
+        for name in ('min_length_px', 'roi_margin_px', 'smooth_px', 'ambient_dn'):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f'{name} must be finite and >= 0, got {value!r}')
@@ -155,7 +188,12 @@ class NirParams:
             try:
                 if f.name in ('scales_px', 'hysteresis'):
                     values[f.name] = tuple(float(x) for x in raw)
-                elif f.name in ('clahe_tile', 'depth_window_px', 'saturation_dn'):
+                elif f.name == 'shading_from_depth':
+                    if not isinstance(raw, bool):
+                        raise ValueError
+                    values[f.name] = raw
+                elif f.name in ('clahe_tile', 'depth_window_px', 'saturation_dn',
+                                'illumination_order'):
                     if isinstance(raw, bool) or float(raw) != int(raw):
                         raise ValueError
                     values[f.name] = int(raw)
@@ -220,16 +258,32 @@ class NirVeinDetector:
                        if p.clahe_clip > 0 else None)
 
     # -- public -----------------------------------------------------------------------------
-    def detect(self, ir: np.ndarray) -> NirDetection:
-        """Veins in one NIR image (uint8, H x W)."""
+    def detect(self, ir: np.ndarray, depth: np.ndarray | None = None,
+               k: np.ndarray | None = None, depth_scale: float = 0.001) -> NirDetection:
+        """Veins in one NIR image (uint8, H x W).
+
+        With the registered ``depth`` image (uint16, same shape) and the intrinsics ``k``
+        the skin's shading is predicted from its shape (module docs, step 2b); without
+        them, or where the depth covers too little of the image, the image's own
+        background is used (step 2a).
+        """
         ir = _check_ir(ir)
         p = self.params
         factor = 2 ** self.level
         work = ir
         for _ in range(self.level):
             work = cv2.pyrDown(work)
-        flat, background = self._flat_field(work, factor)
-        roi = self._roi(background, work.shape, factor)
+        shaded = None
+        if depth is not None and p.shading_from_depth:
+            if k is None:
+                raise ValueError('k (3x3 intrinsics) is needed with a depth image')
+            _check_depth(depth, ir.shape)
+            shaded = self._shape_flat_field(work, depth, _check_k(k), depth_scale, factor)
+        if shaded is not None:
+            flat, roi = shaded
+        else:
+            flat, background = self._flat_field(work, factor)
+            roi = self._roi(background, work.shape, factor)
         saturated = work >= p.saturation_dn
         if saturated.any():
             # Clipped pixels show no vein, and the rim of a clipped plateau looks like one.
@@ -271,7 +325,7 @@ class NirVeinDetector:
         """:meth:`detect`, then :func:`back_project` with the registered depth image."""
         ir = _check_ir(ir)
         _check_depth(depth, ir.shape)
-        detection = self.detect(ir)
+        detection = self.detect(ir, depth, k, depth_scale)
         return detection, back_project(detection.centerlines, depth, k, depth_scale,
                                        window_px=self.params.depth_window_px)
 
@@ -299,6 +353,120 @@ class NirVeinDetector:
         # 160 + gain * (ratio - 1), saturated to uint8.
         flat = cv2.convertScaleAbs(ratio, alpha=p.contrast_gain, beta=160.0 - p.contrast_gain)
         return flat, background_small
+
+    def _shape_flat_field(self, work: np.ndarray, depth: np.ndarray, k: np.ndarray,
+                          depth_scale: float, factor: int
+                          ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Flat field and arm region from the skin's shape (module docs, step 2b).
+
+        None when the depth covers too little of the image to model the shading.
+        """
+        p = self.params
+        h, w = work.shape
+        # Depth at the working resolution, averaged over the valid pixels only.
+        z = depth.astype(np.float32) * np.float32(depth_scale)
+        valid = (depth > 0).astype(np.float32)
+        z *= valid
+        for _ in range(self.level):
+            z = cv2.pyrDown(z)
+            valid = cv2.pyrDown(valid)
+        z, valid = z[:h, :w], valid[:h, :w]
+        known = valid > 0.99
+        if known.mean() < 0.1:
+            return None
+        z /= np.maximum(valid, np.float32(1e-6))
+        # Rays (z = 1) of the working pixels: pixel x there is full-resolution pixel
+        # factor * x (cv2.pyrDown's centres).
+        a = ((np.arange(w, dtype=np.float32) * factor - np.float32(k[0, 2]))
+             / np.float32(k[0, 0]))[None, :]
+        b = ((np.arange(h, dtype=np.float32) * factor - np.float32(k[1, 2]))
+             / np.float32(k[1, 1]))[:, None]
+        ray = np.sqrt(a * a + b * b + 1.0)
+        # First look at the shading, from the normals of the smoothed depth (quantised
+        # to millimetres, which leaves steps: good enough to tell the arm from the table).
+        smooth = max(1.0, p.depth_smooth_px / factor)
+        weight = cv2.GaussianBlur(valid, (0, 0), smooth, borderType=cv2.BORDER_REPLICATE)
+        zs = cv2.GaussianBlur(z * valid, (0, 0), smooth, borderType=cv2.BORDER_REPLICATE)
+        zs /= np.maximum(weight, np.float32(1e-6))
+        cos = _view_cosine(zs, a, b, factor / k[0, 0], factor / k[1, 1])
+        work_f = work.astype(np.float32)
+        fit = (known & (cos >= p.shading_cos) & (work < p.saturation_dn)
+               & (work_f > p.ambient_dn + 1.0))
+        if fit.sum() < 50:
+            return None
+        log_r = np.zeros((h, w), np.float32)
+        np.log((work_f - np.float32(p.ambient_dn)) * (zs * ray) ** 2 / np.maximum(
+            cos, np.float32(1e-6)), out=log_r, where=fit)
+        # The arm against the table: the brighter class of the albedo (shading removed).
+        arm = self._arm(log_r, fit)
+        if arm is None:
+            return None
+        # The skin's shape: a quadric through the arm's points (the millimetre steps
+        # average out), intersected with every ray.
+        model = _fit_quadric(z, a, b, arm)
+        if model is None:
+            return None
+        zq, cos = model
+        rng = zq * ray
+        # Lambertian skin lit from the camera: shading cos / range^2.
+        shade = cos / np.maximum(rng * rng, np.float32(1e-12))
+        arm &= (zq > 0) & (cos >= p.shading_cos)
+        if arm.sum() < 50:
+            return None
+        np.log((work_f - np.float32(p.ambient_dn)) / np.maximum(shade, np.float32(1e-12)),
+               out=log_r, where=arm)
+        # The lamp's illumination: a smooth (low-order) fit over the arm, veins left out.
+        illum = _robust_poly(log_r, arm, p.illumination_order)
+        ratio = np.zeros((h, w), np.float32)
+        np.divide(work_f - np.float32(p.ambient_dn), shade * np.exp(illum), out=ratio,
+                  where=arm)
+        # Outside the arm: its local mean (normalised convolution), so that its border is
+        # neither a step nor a valley.
+        spread = max(1.0, p.fill_px / factor)
+        den = cv2.GaussianBlur(arm.astype(np.float32), (0, 0), spread,
+                               borderType=cv2.BORDER_REPLICATE)
+        num = cv2.GaussianBlur(ratio, (0, 0), spread, borderType=cv2.BORDER_REPLICATE)
+        fill = np.ones((h, w), np.float32)
+        np.divide(num + np.float32(1e-3), den + np.float32(1e-3), out=fill, where=den > 1e-3)
+        outside = ~arm
+        ratio[outside] = fill[outside]
+        # What the model leaves (a gentle hump) goes with the image's own background
+        # (step 2a), which the arm's steep shoulders no longer bias.
+        flat, _ = self._flat_field(ratio * np.float32(128.0), factor)
+        roi = arm & (cos >= p.roi_cos)
+        margin = round(p.roi_margin_px / factor)
+        if margin > 0:
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                               (2 * margin + 1, 2 * margin + 1))
+            roi = cv2.erode(roi.view(np.uint8), kernel,
+                            borderType=cv2.BORDER_REPLICATE).astype(bool)
+        return flat, roi
+
+    def _arm(self, log_r: np.ndarray, fit: np.ndarray) -> np.ndarray | None:
+        """The arm: the largest bright (albedo) region of ``fit`` (holes filled)."""
+        p = self.params
+        values = log_r[fit]
+        lo, hi = np.percentile(values, (1, 99))
+        if not hi > lo:
+            return fit
+        scaled = np.clip((values - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)
+        t, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+        bright = scaled > t
+        if bright.all() or not bright.any():
+            return fit
+        dark_mean = float(np.exp(values[~bright].mean()))
+        bright_mean = float(np.exp(values[bright].mean()))
+        if dark_mean > p.roi_ratio * bright_mean:
+            region = fit
+        else:
+            region = np.zeros(fit.shape, bool)
+            region[fit] = bright
+        labels, count = ndimage.label(region, structure=_EIGHT)
+        if count == 0:
+            return None
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        sizes[0] = 0
+        return ndimage.binary_fill_holes(labels == int(np.argmax(sizes))) & fit
 
     def _roi(self, background: np.ndarray, shape: tuple[int, int], factor: int
              ) -> np.ndarray:
@@ -422,6 +590,133 @@ class NirVeinDetector:
             conf.append(float(vessel[ys[path], xs[path]].mean()))
         order = np.argsort(-np.asarray(conf), kind='stable')
         return [lines[i] for i in order], np.asarray(conf)[order]
+
+
+def _robust_poly(values: np.ndarray, mask: np.ndarray, order: int, rounds: int = 3,
+                 step: int = 2) -> np.ndarray:
+    """A 2-D polynomial of ``order`` fitted to ``values`` on ``mask``, evaluated everywhere.
+
+    Least squares on every ``step``-th pixel; then ``rounds`` refits without the pixels
+    more than 2.5 robust standard deviations below the fit (veins) or 4 above.
+    """
+    h, w = values.shape
+    yy, xx = np.mgrid[0:h:step, 0:w:step]
+    sub = mask[::step, ::step]
+    x = (xx[sub] - w / 2) / (w / 2)
+    y = (yy[sub] - h / 2) / (h / 2)
+    f = values[::step, ::step][sub].astype(np.float64)
+    powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
+    design = np.column_stack([x ** i * y ** j for i, j in powers])
+    keep = np.ones(len(f), bool)
+    coef = np.zeros(len(powers))
+    for _ in range(rounds + 1):
+        if keep.sum() < len(powers) * 4:
+            break
+        dk = design[keep]
+        coef = np.linalg.solve(dk.T @ dk + 1e-9 * np.eye(len(powers)), dk.T @ f[keep])
+        res = f - design @ coef
+        scale = 1.4826 * np.median(np.abs(res[keep] - np.median(res[keep]))) + 1e-6
+        keep = (res > -2.5 * scale) & (res < 4.0 * scale)
+    gx = ((np.arange(w) - w / 2) / (w / 2))[None, :]
+    gy = ((np.arange(h) - h / 2) / (h / 2))[:, None]
+    out = np.zeros((h, w))
+    for (i, j), c in zip(powers, coef, strict=True):
+        out += c * gx ** i * gy ** j
+    return out.astype(np.float32)
+
+
+def _view_cosine(z: np.ndarray, a: np.ndarray, b: np.ndarray, da: float, db: float
+                 ) -> np.ndarray:
+    """Cosine between the surface normal and the ray, per pixel of the depth ``z``.
+
+    The surface points are ``z (a, b, 1)``; ``da``, ``db``: the steps of ``a``, ``b`` from
+    one pixel to the next.
+    """
+    zu = cv2.Sobel(z, cv2.CV_32F, 1, 0, ksize=3, scale=0.125, borderType=cv2.BORDER_REPLICATE)
+    zv = cv2.Sobel(z, cv2.CV_32F, 0, 1, ksize=3, scale=0.125, borderType=cv2.BORDER_REPLICATE)
+    # dP/du = (a zu + z da, b zu, zu); dP/dv = (a zv, b zv + z db, zv); n = dP/du x dP/dv.
+    ux, uy, uz = a * zu + z * np.float32(da), b * zu, zu
+    vx, vy, vz = a * zv, b * zv + z * np.float32(db), zv
+    nx = uy * vz - uz * vy
+    ny = uz * vx - ux * vz
+    nz = ux * vy - uy * vx
+    dot = np.abs(nx * a + ny * b + nz)
+    return dot / (np.sqrt(nx * nx + ny * ny + nz * nz) * np.sqrt(a * a + b * b + 1.0)
+                  + np.float32(1e-12))
+
+
+def _fit_quadric(z: np.ndarray, a: np.ndarray, b: np.ndarray, mask: np.ndarray,
+                 step: int = 2) -> tuple[np.ndarray, np.ndarray] | None:
+    """The quadric surface through the points ``z (a, b, 1)`` on ``mask``.
+
+    Algebraic least squares (the smallest right singular vector) in centred, scaled
+    coordinates; then each pixel's ray is intersected with it (the root nearest the
+    measured ``z``). Returns the surface's ``z`` (0 where the ray misses it) and the
+    cosine between its normal and the ray.
+    """
+    h, w = z.shape
+    sub = np.zeros_like(mask)
+    sub[::step, ::step] = mask[::step, ::step]
+    zz = z[sub].astype(np.float64)
+    aa = np.broadcast_to(a, (h, w))[sub].astype(np.float64)
+    bb = np.broadcast_to(b, (h, w))[sub].astype(np.float64)
+    pts = np.column_stack((aa * zz, bb * zz, zz))
+    if len(pts) < 50:
+        return None
+    centre = pts.mean(axis=0)
+    scale = float(np.sqrt(((pts - centre) ** 2).sum(axis=1).mean())) + 1e-9
+    x, y, q = ((pts - centre) / scale).T
+    design = np.column_stack((x * x, y * y, q * q, x * y, x * q, y * q, x, y, q,
+                              np.ones_like(x)))
+    coef = np.linalg.eigh(design.T @ design)[1][:, 0]   # smallest eigenvalue's vector
+    amat = np.array([[coef[0], coef[3] / 2, coef[4] / 2],
+                     [coef[3] / 2, coef[1], coef[5] / 2],
+                     [coef[4] / 2, coef[5] / 2, coef[2]]])
+    bvec = coef[6:9]
+    c0 = coef[9]
+    # Ray X = (t d - centre) / scale, d = (a, b, 1): alpha t^2 + beta t + gamma = 0.
+    # Elementwise in float32 over the grid (t in metres: float32 is ample).
+    f32 = np.float32
+    da, db, dc = (f32(1.0 / scale) * np.broadcast_to(v, (h, w)).astype(np.float32)
+                  for v in (a, b, np.ones((1, 1), np.float32)))
+    o = -centre / scale
+    m = amat.astype(np.float32)
+    # A d (rows of the symmetric matrix times d), then alpha = d.A d, beta = 2 o.A d + b.d
+    ad0 = m[0, 0] * da + m[0, 1] * db + m[0, 2] * dc
+    ad1 = m[1, 0] * da + m[1, 1] * db + m[1, 2] * dc
+    ad2 = m[2, 0] * da + m[2, 1] * db + m[2, 2] * dc
+    alpha = ad0 * da + ad1 * db + ad2 * dc
+    beta = (f32(2 * o[0]) * ad0 + f32(2 * o[1]) * ad1 + f32(2 * o[2]) * ad2
+            + f32(bvec[0]) * da + f32(bvec[1]) * db + f32(bvec[2]) * dc)
+    gamma = f32(o @ amat @ o + bvec @ o + c0)
+    disc = beta * beta - f32(4) * alpha * gamma
+    root = np.sqrt(np.maximum(disc, f32(0)))
+    with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
+        t1 = (-beta - root) / (f32(2) * alpha)
+        t2 = (-beta + root) / (f32(2) * alpha)
+    t = np.where(np.abs(t1 - z) <= np.abs(t2 - z), t1, t2)
+    good = (disc >= 0) & np.isfinite(t) & (t > 0)
+    t = np.where(good, t, f32(0))
+    # The gradient 2 A X + b at X = t d + o.
+    gx = f32(2) * (t * ad0 + f32(amat[0] @ o)) + f32(bvec[0])
+    gy = f32(2) * (t * ad1 + f32(amat[1] @ o)) + f32(bvec[1])
+    gz = f32(2) * (t * ad2 + f32(amat[2] @ o)) + f32(bvec[2])
+    with np.errstate(invalid='ignore', over='ignore'):
+        cos = np.abs(gx * da + gy * db + gz * dc) / (
+            np.sqrt(gx * gx + gy * gy + gz * gz) * np.sqrt(da * da + db * db + dc * dc)
+            + f32(1e-12))
+    return t.astype(np.float32), np.where(good, cos, f32(0)).astype(np.float32)
+
+
+def _check_k(k: Any) -> np.ndarray:
+    """The intrinsics as a finite 3 x 3 float array with positive focal lengths."""
+    kk = np.asarray(k, dtype=float)
+    if kk.shape != (3, 3) or not np.all(np.isfinite(kk)):
+        raise ValueError(f'K must be a finite 3x3 matrix, got shape {kk.shape}')
+    if kk[0, 0] <= 0 or kk[1, 1] <= 0:
+        raise ValueError(f'K must have positive focal lengths, got fx={kk[0, 0]}, '
+                         f'fy={kk[1, 1]}')
+    return kk
 
 
 def _resample(pts: np.ndarray, spacing: float) -> np.ndarray:

@@ -31,7 +31,9 @@ from ir_guidance.runs import score
 STACK = ('ultrasound', 'nir', 'vessel_mapper', 'trajectory_planner', 'force_monitor',
          'arm_interface', 'controller', 'sim')
 TERMINAL = ('DONE', 'SAFE')
+SIM_TIME_NODES = ('arm_interface', 'force_monitor')
 KILL_DELAY_S = 0.3
+STARTUP_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -48,7 +50,10 @@ class RunOptions:
 
 def node_parameters(name: str, options: RunOptions, workdir: Path) -> dict[str, Any]:
     """The ROS parameters ``name`` gets in a simulated run (on top of config/)."""
-    params: dict[str, Any] = {'lockstep': True, 'use_sim_time': name != 'sim'}
+    # Sim time only where a node compares stamps with its own clock: every other node
+    # works on the stamps it receives and would only pay for a 1 kHz /clock.
+    params: dict[str, Any] = {'lockstep': True,
+                              'use_sim_time': name in SIM_TIME_NODES}
     if name == 'sim':
         params.update(mode='lockstep', seed=options.seed,
                       phantom=options.phantom or f'random:{options.seed}',
@@ -176,11 +181,27 @@ def _run_processes(options: RunOptions, workdir: Path, domain_id: int) -> float 
     kill_at = None
     insert_wall = None
     try:
-        for name in STACK:
+        def start(name: str) -> None:
             cmd = [sys.executable, '-m', 'ir_guidance.cli', 'node', name,
                    *_ros_args(node_parameters(name, options, workdir))]
             out = open(workdir / f'{name}.log', 'w', encoding='utf-8')
             procs[name] = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+        for name in STACK[:-1]:
+            start(name)
+        # The simulator starts last, once every node is in the graph: a lockstep run must
+        # not publish a frame before its consumers listen.
+        up_by = time.monotonic() + STARTUP_TIMEOUT_S
+        while not set(STACK[:-1]) <= set(watcher.node.get_node_names()):
+            watcher.spin(0.1)
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f'{dead} exited at start-up (see {workdir}/{dead[0]}.log)')
+            if time.monotonic() > up_by:
+                missing = set(STACK[:-1]) - set(watcher.node.get_node_names())
+                raise TimeoutError(f'nodes {sorted(missing)} not up within '
+                                   f'{STARTUP_TIMEOUT_S:.0f} s (see their logs in {workdir})')
+        start(STACK[-1])
         _log(options, f'started {len(procs)} processes (ROS_DOMAIN_ID={domain_id}); '
                       f'logs in {workdir}')
         deadline = time.monotonic() + options.timeout_s
