@@ -29,6 +29,16 @@ def main(argv: list[str] | None = None) -> int:
         return _sim(args)
     if args.command == 'campaign':
         return _campaign(args)
+    if args.command == 'replay':
+        from ir_guidance.recording.replay import exit_code, replay
+
+        try:
+            result = replay(args.bag, args.node, compare=args.compare, rate=args.rate)
+        except ValueError as error:
+            print(f'replay: {error}', file=sys.stderr)
+            return 2
+        print(json.dumps(result, indent=2, default=str))
+        return exit_code(result)
     if args.command == 'calibrate':
         from ir_guidance import calibration
 
@@ -57,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument('--phantom', type=Path, help='phantom YAML (docs/phantom.md)')
     sim.add_argument('--json', type=Path, help='write the result here')
     sim.add_argument('--report', type=Path, help='write the report PNGs to this folder')
+    sim.add_argument('--record', type=Path,
+                     help='record every topic to OUT.mcap (rosbag2 layout: OUT/OUT_0.mcap)')
+    sim.add_argument('--live', action='store_true',
+                     help='serve a live Foxglove view on ws://127.0.0.1:8765 (config live_view)')
     sim.add_argument('--fault', default='',
                      help='inject a fault: us_dropout, nir_dropout, ft_stale, ft_spike, '
                           'joint_nan, target_jump, estop_at:<s>, kill:<node>')
@@ -75,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     campaign.add_argument('--workdir', type=Path, help='keep each run\'s logs under here')
     campaign.add_argument('--processes', action='store_true',
                           help='one process per node in each run (default: one per run)')
+
+    replay = sub.add_parser('replay', help='feed one node its recorded inputs, compare outputs')
+    replay.add_argument('bag', type=Path, help='a recording (OUT.mcap, its folder or file)')
+    replay.add_argument('--node', required=True, help='node to bench, e.g. ultrasound')
+    replay.add_argument('--compare', action='store_true',
+                        help='compare with the recorded outputs; exit 1 on a regression')
+    replay.add_argument('--rate', type=float, default=None,
+                        help='1.0 = recorded timing (default: as fast as the node answers)')
 
     calibrate = sub.add_parser('calibrate', help='hand-eye (camera) or US probe calibration '
                                                  '(see docs/calibration.md and its --help)')
@@ -115,7 +137,8 @@ def _sim(args: argparse.Namespace) -> int:
     options = insertion.RunOptions(
         seed=seed, phantom=str(args.phantom.resolve()) if args.phantom else None,
         fault=args.fault, single_process=args.single_process, timeout_s=args.timeout,
-        workdir=args.workdir)
+        workdir=args.workdir, record=args.record.resolve() if args.record else None,
+        live=args.live)
     result = insertion.run(options)
     if args.report:
         from ir_guidance.runs import report

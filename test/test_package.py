@@ -30,6 +30,8 @@ ROSDEP_KEY = {
     'pinocchio': 'pinocchio', 'ruckig': 'ruckig', 'torch': 'python3-torch',
     'mujoco': 'python3-mujoco', 'pyrealsense2': 'python3-pyrealsense2', 'xacro': 'xacro',
     'pyigtl': 'python3-pyigtl', 'matplotlib': 'python3-matplotlib',
+    'mcap': 'python3-mcap', 'mcap_ros2': 'python3-mcap-ros2-support',
+    'rosbags': 'python3-rosbags', 'foxglove': 'python3-foxglove-sdk',
     'ament_index_python': 'ament_index_python',
 }
 # Imported only by benchmarks (pip-only, in requirements.lock), not at run time.

@@ -19,6 +19,7 @@ NODES: dict[str, str] = {
     'trajectory_planner': 'ir_guidance.nodes.trajectory_planner:main',
     'force_monitor': 'ir_guidance.nodes.force_monitor:main',
     'controller': 'ir_guidance.nodes.controller:main',
+    'recorder': 'ir_guidance.nodes.recorder:main',
 }
 
 

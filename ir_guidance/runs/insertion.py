@@ -45,6 +45,8 @@ class RunOptions:
     timeout_s: float = 300.0
     workdir: Path | None = None
     quiet: bool = False
+    record: Path | None = None   # an MCAP file: every topic, rosbag2 layout (recorder node)
+    live: bool = False           # Foxglove WebSocket server on loopback (live_view node)
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -64,8 +66,16 @@ def node_parameters(name: str, options: RunOptions, workdir: Path) -> dict[str, 
         params.update(autostart=True, log=str(workdir / 'controller.json'))
     elif name == 'arm_interface':
         params.update(publish_tf=False)
+    elif name == 'recorder':
+        params.update(path=str(options.record), use_sim_time=True)
     params.update(options.extra.get(name, {}))
     return params
+
+
+def stack(options: RunOptions) -> tuple[str, ...]:
+    """The nodes of this run in start order: the recorder first, the simulator last."""
+    extra = (('recorder',) if options.record else ()) + (('live_view',) if options.live else ())
+    return extra + STACK
 
 
 def _ros_args(params: dict[str, Any]) -> list[str]:
@@ -187,21 +197,22 @@ def _run_processes(options: RunOptions, workdir: Path, domain_id: int) -> float 
             out = open(workdir / f'{name}.log', 'w', encoding='utf-8')
             procs[name] = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
-        for name in STACK[:-1]:
+        nodes = stack(options)
+        for name in nodes[:-1]:
             start(name)
         # The simulator starts last, once every node is in the graph: a lockstep run must
         # not publish a frame before its consumers listen.
         up_by = time.monotonic() + STARTUP_TIMEOUT_S
-        while not set(STACK[:-1]) <= set(watcher.node.get_node_names()):
+        while not set(nodes[:-1]) <= set(watcher.node.get_node_names()):
             watcher.spin(0.1)
             dead = [n for n, p in procs.items() if p.poll() is not None]
             if dead:
                 raise RuntimeError(f'{dead} exited at start-up (see {workdir}/{dead[0]}.log)')
             if time.monotonic() > up_by:
-                missing = set(STACK[:-1]) - set(watcher.node.get_node_names())
+                missing = set(nodes[:-1]) - set(watcher.node.get_node_names())
                 raise TimeoutError(f'nodes {sorted(missing)} not up within '
                                    f'{STARTUP_TIMEOUT_S:.0f} s (see their logs in {workdir})')
-        start(STACK[-1])
+        start(nodes[-1])
         _log(options, f'started {len(procs)} processes (ROS_DOMAIN_ID={domain_id}); '
                       f'logs in {workdir}')
         deadline = time.monotonic() + options.timeout_s
@@ -259,7 +270,7 @@ def _run_single(options: RunOptions, workdir: Path, domain_id: int) -> float | N
     nodes = []
     watcher = _Watcher(domain_id, want_clock=False, executor=executor)
     try:
-        for name in STACK:
+        for name in stack(options):
             module = importlib.import_module(NODES[name].partition(':')[0])
             cls = module.NODE_CLASS
             params = node_parameters(name, options, workdir)
