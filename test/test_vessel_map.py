@@ -244,3 +244,29 @@ def test_update_cost_is_bounded():
         times.append(time.perf_counter() - start)
     # The last frames cost about what the first ones did (no growth with history).
     assert np.median(times[-50:]) < 5 * np.median(times[20:70]) + 1e-3
+
+
+def test_batched_prediction_equals_the_single_one():
+    """NIR association predicts many bins at once; it must agree with _predict exactly."""
+    vmap = VesselMap()
+    rng = np.random.default_rng(0)
+    pose = np.eye(4)
+    pose[:3, :3] = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]]).T
+    for i in range(60):
+        pose = pose.copy()
+        pose[1, 3], pose[2, 3] = 0.1 + i * 0.0005, 0.27
+        vmap.add_us(i * 0.033, pose, [SimpleNamespace(
+            x=0.001 + 1e-4 * rng.normal(), y=0.005 + 1e-4 * rng.normal(), radius_major=0.002,
+            radius_minor=0.0015, confidence=0.9, id=1)])
+    (vessel,) = vmap._state.vessels.values()
+    n = vessel.bins.shape[0]
+    margin = vmap.p['extend_m'] / vmap.p['bin_m'] + 5
+    positions = (vessel.first_bin + np.linspace(-margin, n + margin, 97)) * vmap.p['bin_m']
+    many, known, valid = vmap._predict_many(vessel, positions)
+    assert valid.any() and not valid.all()  # the ends (+ extend_m) are outside
+    for j, s in enumerate(positions):
+        one = vmap._predict(vessel, s)
+        assert (one is not None) == valid[j]
+        if one is not None:
+            assert one[1] == known[j]
+            np.testing.assert_allclose(many[j], one[0], atol=1e-12)

@@ -478,6 +478,52 @@ class VesselMap:
             return np.array([qu, _line_at(sc[d], q[d, 1], w[d, 1], at)]), True
         return np.array([qu, 0.0]), False
 
+    def _predict_many(self, vessel: _Vessel, s: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_predict` at many positions at once (same windows, same line fits).
+
+        Returns predictions (K, 2), depth-known flags and valid flags (False where
+        :meth:`_predict` returns None). Window sums come from prefix sums, so the cost is
+        one pass over the bins however many positions are asked for: NIR frames ask for
+        every bin a vein line crosses.
+        """
+        p = self.p
+        s = np.asarray(s, dtype=float)
+        out = np.zeros((len(s), 2))
+        n = vessel.bins.shape[0]
+        if n == 0 or len(s) == 0:
+            return out, np.zeros(len(s), bool), np.zeros(len(s), bool)
+        bin_m = p['bin_m']
+        lo = vessel.first_bin * bin_m - p['extend_m']
+        hi = (vessel.first_bin + n) * bin_m + p['extend_m']
+        window = max(p['smooth_m'], p['extend_m'])
+        k0 = np.clip(np.floor((s - window) / bin_m).astype(int) - vessel.first_bin, 0, n)
+        k1 = np.clip(np.floor((s + window) / bin_m).astype(int) - vessel.first_bin + 1, 0, n)
+        sc, q, w, depth = vessel.centres()
+
+        def sums(weights: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+            terms = np.column_stack((weights, weights * sc, weights * sc * sc, weights * y,
+                                     weights * sc * y))
+            prefix = np.vstack((np.zeros(5), np.cumsum(terms, axis=0)))
+            return tuple((prefix[k1] - prefix[k0]).T)
+
+        def line(total, sx, sxx, sy, sxy, at) -> np.ndarray:
+            with np.errstate(divide='ignore', invalid='ignore'):
+                xm, ym = sx / total, sy / total
+                var = sxx - sx * xm
+                slope = np.where(var > 1e-12 * total, (sxy - sx * ym) / var, 0.0)
+                return ym + slope * (at - xm)
+
+        at = s / bin_m
+        wu = sums(w[:, 0], q[:, 0])
+        wv = sums(np.where(depth, w[:, 1], 0.0), q[:, 1])
+        any_weight = sums(w.sum(axis=1), np.zeros(n))[0] > 0
+        valid = (lo <= s) & (s <= hi) & (k1 > k0) & any_weight & (wu[0] > 0)
+        known = valid & (wv[0] > 0)
+        out[valid, 0] = line(*wu, at)[valid]
+        out[known, 1] = line(*wv, at)[known]
+        return out, known, valid
+
     def _process_us(self, state: _State, stamp: float, pose: np.ndarray, table: np.ndarray,
                     touching: bool) -> None:
         p = self.p
@@ -579,13 +625,11 @@ class VesselMap:
                 residual = np.full(len(line), np.inf)
                 normals = self._ray_normals(vessel, rays)
                 keys = vessel.bin_of(loc[:, 0], bin_m)
-                for k in np.unique(keys):
-                    sel = keys == k
-                    pred = self._predict(vessel, (k + 0.5) * bin_m)
-                    if pred is None:
-                        continue
-                    residual[sel] = np.abs(np.sum(normals[sel] * (pred[0] - loc[sel, 1:]),
-                                                  axis=1))
+                unique, index = np.unique(keys, return_inverse=True)
+                pred, _, valid = self._predict_many(vessel, (unique + 0.5) * bin_m)
+                ok = valid[index]
+                residual[ok] = np.abs(np.sum(normals[ok] * (pred[index[ok]] - loc[ok, 1:]),
+                                             axis=1))
                 inside = residual <= p['nir_gate_m']
                 if inside.sum() > best_in and inside.sum() >= 0.5 * len(line):
                     best, best_in, best_mask = vid, int(inside.sum()), inside

@@ -257,16 +257,16 @@ def _run_single(options: RunOptions, workdir: Path, domain_id: int) -> float | N
     import importlib
 
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from ir_guidance.nodes import NODES
+    from ir_guidance.nodes.runner import make_executor
 
     if options.fault.startswith('kill:'):
         raise ValueError('kill:<node> needs separate processes (drop --single-process)')
     context = rclpy.Context()
     rclpy.init(args=[], context=context, domain_id=domain_id)
-    executor = SingleThreadedExecutor(context=context)
+    executor = make_executor(context)
     nodes = []
     watcher = _Watcher(domain_id, want_clock=False, executor=executor)
     try:
