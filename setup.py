@@ -55,6 +55,7 @@ setup(
             'force_monitor = ir_guidance.nodes.force_monitor:main',
             'controller = ir_guidance.nodes.controller:main',
             'recorder = ir_guidance.nodes.recorder:main',
+            'live_view = ir_guidance.nodes.live_view:main',
         ],
     },
 )

@@ -20,6 +20,7 @@ NODES: dict[str, str] = {
     'force_monitor': 'ir_guidance.nodes.force_monitor:main',
     'controller': 'ir_guidance.nodes.controller:main',
     'recorder': 'ir_guidance.nodes.recorder:main',
+    'live_view': 'ir_guidance.nodes.live_view:main',
 }
 
 

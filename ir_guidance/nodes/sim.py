@@ -382,7 +382,8 @@ class SimNode(Node):
             marker.pose.orientation.w = 1.0
             marker.scale.x = float(vein.width)
             marker.color.r, marker.color.b, marker.color.a = 0.2, 0.9, 0.8
-            for x, y, z in phantom.centerline(i, ys, self.sim.state):
+            line = phantom.centerline(i, ys, self.sim.state)
+            for x, y, z in line[np.all(np.isfinite(line), axis=1)]:  # off the arm: NaN
                 marker.points.append(point_cls(x=float(x), y=float(y), z=float(z)))
             array.markers.append(marker)
         return array

@@ -75,7 +75,9 @@ class UltrasoundNode(Node):
             from ir_guidance.perception.us_model import UsSegmenter
 
             weights = p['weights']  # relative paths: see us_model.resolve_weights
-            self._unet = UsSegmenter(weights, threshold=float(p['mask_threshold']))
+            self.declare_parameter('threads', int(section['threads']))
+            self._unet = UsSegmenter(weights, threshold=float(p['mask_threshold']),
+                                     threads=int(self.get_parameter('threads').value))
         self.tracker = us_vessels.VesselTracker(gate_mm=float(p['track_gate_mm']))
         self._mask_pub = contract_publisher(self, 'us_vessel_mask', lockstep)
         self._cloud_pub = contract_publisher(self, 'us_vessels', lockstep)

@@ -66,6 +66,8 @@ def node_parameters(name: str, options: RunOptions, workdir: Path) -> dict[str, 
         params.update(autostart=True, log=str(workdir / 'controller.json'))
     elif name == 'arm_interface':
         params.update(publish_tf=False)
+    elif name == 'ultrasound':
+        params.update(threads=1)
     elif name == 'recorder':
         params.update(path=str(options.record), use_sim_time=True)
     params.update(options.extra.get(name, {}))
