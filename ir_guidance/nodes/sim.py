@@ -6,12 +6,14 @@ ground truth under ``/sim/ground_truth/``; takes ros2_control-style position com
 on the topic named in ``config/``. Two modes:
 
 - ``realtime``: a wall-clock timer advances as many ticks as wall time has passed.
-- ``lockstep``: tick k+1 runs only after every registered controller has acknowledged
-  tick k (``lockstep_ack``: a JointState whose header names the controller and tick k's
-  time, carrying the controller's command for tick k+1, if any, so that command and
-  answer cannot be reordered). Controllers register by publishing their name on
+- ``lockstep``: tick k runs only after every registered controller has answered tick
+  k - d (``lockstep_ack``: a JointState whose header names the controller and the tick's
+  time, carrying the command the arm gets from tick k on; d = ``lockstep_delay_ticks``,
+  a fixed controller-to-arm delay; command and answer travel together, so they cannot
+  be reordered). Controllers register by publishing their name on
   ``lockstep_register``. With no controller registered the sim holds still: a lockstep
-  run never advances unobserved.
+  run never advances unobserved; the first tick also waits until every subscriber in the
+  graph is matched.
 
 A bad command (wrong joint count, NaN, outside limits) is refused with a reason on
 ``/sim/status`` and the arm keeps tracking the last good command.
@@ -89,6 +91,10 @@ class SimNode(Node):
         self.declare_parameter('seed', int(section['seed']))
         self.declare_parameter('mode', section['mode'])
         self.declare_parameter('lockstep_warn_s', float(section['lockstep_warn_s']))
+        self.declare_parameter('lockstep_delay_ticks', int(section['lockstep_delay_ticks']))
+        self.delay_ticks = int(self.get_parameter('lockstep_delay_ticks').value)
+        if self.delay_ticks < 1:
+            raise ValueError(f'lockstep_delay_ticks must be >= 1, got {self.delay_ticks}')
         for key in ('physics_hz', 'us_hz', 'nir_hz'):
             self.declare_parameter(key, float(section[key]))
         self.declare_parameter('sensors', True)
@@ -127,12 +133,13 @@ class SimNode(Node):
         self._camera_info = self._make_camera_info()
         self._last_markers = -np.inf
         self._controllers: set[str] = set()
-        self._acked: set[str] = set()
+        self._answers: dict[int, dict[str, tuple[list, list] | None]] = {}
+        self._applied = -1   # the last tick whose answers were applied
         self._waiting_since = time.monotonic()
         if self.mode == 'lockstep':
             contract_subscription(self, 'lockstep_register', self._on_register)
             contract_subscription(self, 'lockstep_ack', self._on_ack)
-            self._watchdog = self.create_timer(0.5, self._check_lockstep)
+            self._watchdog = self.create_timer(0.1, self._check_lockstep)
         else:
             self._wall_start = time.monotonic()
             self._timer = self.create_timer(1.0 / REALTIME_TIMER_HZ, self._on_realtime_timer)
@@ -266,7 +273,9 @@ class SimNode(Node):
             return
         self._controllers.add(name)
         self._status(f'OK: controller {name!r} registered for lockstep')
-        self._acked.add(name)  # it has "answered" the current tick by registering
+        # Registering answers every tick up to now (with "keep the command").
+        for tick in range(self.sim.tick + 1):
+            self._answers.setdefault(tick, {})[name] = None
         self._advance_if_answered()
 
     def _on_ack(self, msg: Any) -> None:
@@ -274,24 +283,63 @@ class SimNode(Node):
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         if name not in self._controllers:
             return
-        if abs(stamp - self.sim.time_s) > 0.5 * self.sim.dt:
-            return  # an ack for another tick (late or early): not an answer to this one
-        if len(msg.position):
-            self._apply_command(list(msg.name), msg.position)
-        self._acked.add(name)
+        tick = round(stamp * self.sim.settings.physics_hz)
+        if abs(tick * self.sim.dt - stamp) > 0.25 * self.sim.dt or not (
+                self._applied < tick <= self.sim.tick):
+            return  # not an answer to a tick still open
+        command = (list(msg.name), list(msg.position)) if len(msg.position) else None
+        self._answers.setdefault(tick, {})[name] = command
         self._advance_if_answered()
 
+    def _unmatched(self) -> list[str]:
+        """Topics whose subscribers in the graph are not all matched to us yet.
+
+        The first tick waits for them: a lockstep run must not publish a frame that a
+        consumer would miss only because discovery had not finished.
+        """
+        return [pub.topic_name for pub in self._pub.values()
+                if pub.get_subscription_count() < self.count_subscribers(pub.topic_name)]
+
     def _advance_if_answered(self) -> None:
-        if self._controllers and self._acked >= self._controllers:
-            self._acked = set()
+        """Step every tick whose command is known: tick k needs the answers to k - delay.
+
+        The answer to tick j carries the command the arm gets from tick j + delay on: a
+        fixed transport delay of ``lockstep_delay_ticks``, as between a real controller
+        and its arm. It lets the sim run that many ticks ahead of the controller (the
+        round trips overlap), and every run still applies every command on the same tick.
+        """
+        if not self._controllers:
+            return
+        if self.sim.tick == 0 and self._unmatched():
+            return  # the watchdog timer retries
+        while True:
+            due = self.sim.tick + 1 - self.delay_ticks
+            if due > self._applied:
+                answers = self._answers.get(due, {})
+                if set(answers) < self._controllers:
+                    return
+                for name in sorted(answers):
+                    if answers[name] is not None:
+                        self._apply_command(*answers[name])
+                del self._answers[due]
+                self._applied = due
             self._waiting_since = time.monotonic()
             self._publish_tick(self.sim.step())
 
     def _check_lockstep(self) -> None:
+        if self.sim.tick == 0 and self._controllers:
+            unmatched = self._unmatched()
+            if unmatched:
+                self._status(f'WAITING: subscribers of {unmatched} not matched yet')
+            else:
+                self._advance_if_answered()
+                return
         waited = time.monotonic() - self._waiting_since
         if waited < self.lockstep_warn_s:
             return
-        missing = sorted(self._controllers - self._acked) or ['(no controller registered)']
+        due = self.sim.tick + 1 - self.delay_ticks
+        missing = sorted(self._controllers - set(self._answers.get(due, {}))) or [
+            '(no controller registered)']
         self._status(f'WAITING: lockstep tick {self.sim.tick} for {waited:.1f} s on {missing}')
 
     # -- publishing -----------------------------------------------------------------------
