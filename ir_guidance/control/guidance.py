@@ -100,6 +100,7 @@ class PlanAnswer:
     retraction: JointTrajectory | None = None
     stage_travel: float = 0.0
     target: np.ndarray | None = None
+    skin_travel: float | None = None   # stage travel at which the tip meets the skin
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,10 @@ class StageProfile:
         self._in.max_jerk = [jerk]
         self.position = position
         self.done = True
+
+    def limit_velocity(self, velocity: float) -> None:
+        """A new speed limit from this tick on (ruckig brakes smoothly if above it)."""
+        self._in.max_velocity = [float(velocity)]
 
     def step(self, target: float) -> float:
         self._in.target_position = [float(target)]
@@ -360,7 +365,7 @@ class Guidance:
         self._depths = [*self._depths[-4:], best.y - target[1]]
         inside = (abs(tip[1] - best.y) < self.p['servo']['lumen_fraction'] * best.radius_minor
                   and abs(tip[0] - best.x) < best.radius_major)
-        self._tip_evidence = inside
+        self._tip_evidence = bool(inside)
 
     # -- phases -------------------------------------------------------------------------
     def _enter(self, phase: Phase, reason: str, t: float) -> None:
@@ -557,6 +562,10 @@ class Guidance:
                                        servo['max_correction_m']))
             self._stage_target = self._plan.stage_travel + correction
         self._stage_target = min(self._stage_target, float(self.upper[self.stage]))
+        ins = self.p['insert']
+        skin = self._plan.skin_travel
+        in_air = skin is not None and self._stage.position < skin - ins['skin_margin_m']
+        self._stage.limit_velocity(ins['air_speed_m_s'] if in_air else ins['speed_m_s'])
         cmd = self.command.copy()
         cmd[self.stage] = self._stage.step(self._stage_target)
         if self._stage.done:

@@ -76,6 +76,11 @@ class ArmInterface(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         cfg = config.load()
+        # Lockstep simulation: stamps are sim time and sim time only moves when the stack
+        # answers, so "now" is the newest stamp received (no 1 kHz /clock to follow).
+        self.declare_parameter('lockstep', bool(cfg['lockstep']['enabled']))
+        self.lockstep = bool(self.get_parameter('lockstep').value)
+        self._newest = 0.0
         self.params = self._declare_parameters(cfg['arm_interface'])
         interface = self.params['command_interface']
         if interface not in COMMAND_TOPICS:
@@ -137,6 +142,8 @@ class ArmInterface(Node):
         return values
 
     def _now(self) -> float:
+        if self.lockstep:
+            return self._newest
         return self.get_clock().now().nanoseconds * 1e-9
 
     # -- status ---------------------------------------------------------------------------
@@ -180,6 +187,7 @@ class ArmInterface(Node):
     # -- joint states ---------------------------------------------------------------------
     def _on_joint_state(self, msg: Any) -> None:
         stamp = stamp_seconds(msg.header.stamp)
+        self._newest = max(self._newest, stamp)
         try:
             positions = self.state_guard.validate(msg.name, msg.position, stamp, self._now())
         except JointStateError as error:

@@ -76,6 +76,13 @@ def warm_up() -> bool:
     return True
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as JSON values."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f'{type(value).__name__} is not JSON serialisable')
+
+
 def _ok(status: Any) -> bool:
     """A diagnostic_msgs/DiagnosticStatus at level OK (rclpy gives the level as bytes)."""
     level = status.level
@@ -132,11 +139,12 @@ class ControllerNode(Node):
             'lockstep_ack')}
         contract_subscription(self, 'joint_states', self._on_joints, self.lockstep)
         contract_subscription(self, 'ft_wrench', self._on_wrench, self.lockstep)
-        contract_subscription(self, 'us_vessels', self._on_us, self.lockstep)
+        self._inputs = [contract_subscription(self, 'us_vessels', self._on_us, self.lockstep)]
         for key in ('vessel_map_status', 'vessel_map_target', 'planner_status',
                     'planner_approach', 'planner_retraction'):
-            contract_subscription(self, key, lambda msg, key=key: self._on_answer(key, msg),
-                                  lockstep=True)
+            self._inputs.append(contract_subscription(
+                self, key, lambda msg, key=key: self._on_answer(key, msg), lockstep=True))
+        self._mapper_ready = False
         contract_subscription(self, 'guidance_estop', self._on_estop)
         trigger = message_class('std_srvs/srv/Trigger')
         self.create_service(trigger, '/guidance/start', self._on_start)
@@ -188,6 +196,10 @@ class ControllerNode(Node):
 
     def _on_answer(self, key: str, msg: Any) -> None:
         stamp = stamp_seconds(msg.header.stamp)
+        if key == 'vessel_map_status' and stamp == 0.0:
+            self._mapper_ready = self._mapper_ready or (
+                bool(msg.status) and msg.status[0].message == 'READY')
+            return
         with self._lock:
             self._answers.setdefault(tick_key(stamp, self.physics_hz), {})[key] = msg
         self._try_tick()
@@ -208,9 +220,12 @@ class ControllerNode(Node):
         return response
 
     def _register(self) -> None:
+        """Register with the simulator once the whole pipeline can hear (lockstep)."""
         if self._joints or self._commands:
             self._register_timer.cancel()
             return
+        if not self._mapper_ready or any(s.get_publisher_count() == 0 for s in self._inputs):
+            return  # discovery is still going on: a first frame could be lost
         msg = message_class('std_msgs/msg/String')()
         msg.data = NODE_NAME
         self._pub['lockstep_register'].publish(msg)
@@ -229,13 +244,18 @@ class ControllerNode(Node):
         if any(k not in parts for k in needed):
             return None
         values = {kv.key: kv.value for kv in planned.status[0].values}
-        target = parts['vessel_map_target'].pose.position
+        p = parts['vessel_map_target'].pose.position
+        target = np.array([p.x, p.y, p.z])
+        travel = float(values['stage_travel'])
+        skin = None
+        if 'entry' in values:  # the needle meets the skin this far before the target
+            entry = np.array([float(v) for v in values['entry'].split()])
+            skin = travel - float(np.linalg.norm(target - entry))
         return PlanAnswer(
             request_s, True, 'planned',
             approach=trajectory_from_msg(parts['planner_approach']),
             retraction=trajectory_from_msg(parts['planner_retraction']),
-            stage_travel=float(values['stage_travel']),
-            target=np.array([target.x, target.y, target.z]))
+            stage_travel=travel, target=target, skin_travel=skin)
 
     # -- ticking --------------------------------------------------------------------------
     def _try_tick(self) -> None:
@@ -373,7 +393,7 @@ class ControllerNode(Node):
                 'command_hash': self.command_hash, 'commands': self._commands,
                 'phases': g.trace.phases, 'events': g.trace.events,
                 'insertion': g.trace.insertion, 'plan': g.trace.plan}
-        Path(self.log_path).write_text(json.dumps(data), encoding='utf-8')
+        Path(self.log_path).write_text(json.dumps(data, default=_plain), encoding='utf-8')
 
     def destroy_node(self) -> None:
         if not self.lockstep:

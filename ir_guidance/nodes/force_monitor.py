@@ -56,6 +56,11 @@ class ForceMonitorNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         cfg = config.load()
+        # Lockstep simulation: stamps are sim time and sim time only moves when the stack
+        # answers, so "now" is the newest stamp received (no 1 kHz /clock to follow).
+        self.declare_parameter('lockstep', bool(cfg['lockstep']['enabled']))
+        self.lockstep = bool(self.get_parameter('lockstep').value)
+        self._newest = 0.0
         section = dict(cfg['force_monitor'])
         puncture = section.pop('puncture')
         self.params = declare_section(self, NODE_NAME, section)
@@ -94,6 +99,8 @@ class ForceMonitorNode(Node):
                                f"{self.params['tare_service']}")
 
     def _now(self) -> float:
+        if self.lockstep:
+            return self._newest
         return self.get_clock().now().nanoseconds * 1e-9
 
     # -- inputs ------------------------------------------------------------------------------
@@ -107,6 +114,7 @@ class ForceMonitorNode(Node):
             return
         self._rotation = self.chain.fk(positions, self.frame)[:3, :3]
         self._rotation_stamp = stamp_seconds(msg.header.stamp)
+        self._newest = max(self._newest, self._rotation_stamp)
 
     def _attitude(self, stamp: float) -> np.ndarray:
         if not self.params['gravity_compensation']:
@@ -120,6 +128,7 @@ class ForceMonitorNode(Node):
 
     def _on_wrench(self, msg: Any) -> None:
         stamp = stamp_seconds(msg.header.stamp)
+        self._newest = max(self._newest, stamp)
         f, t = msg.wrench.force, msg.wrench.torque
         wrench = np.array([f.x, f.y, f.z, t.x, t.y, t.z])
         try:

@@ -30,6 +30,7 @@ faults start ``fault_delay_s`` after the controller reports INSERT on /guidance/
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import sys
 import time
@@ -63,6 +64,7 @@ FAULTS = ('us_dropout', 'nir_dropout', 'ft_stale', 'ft_spike', 'joint_nan', 'tar
           'estop_at:<seconds>')
 FT_SPIKE_N = 40.0             # ft_spike: this much force along the needle for 3 ticks
 TARGET_JUMP_M = 0.004         # target_jump: the forearm moves sideways by this
+TRUTH_MIN_STAGE_M = 5e-4      # truth log: tip-to-vein distance once the stage is this far out
 
 
 def load_phantom(spec: str) -> Phantom:
@@ -128,6 +130,11 @@ class SimNode(Node):
         self._fault_started = False
         self._stale_wrench: Any = None
         self._stop_frame: tuple | None = None
+        # Reused every tick (publish serializes at once): the names and frame stay set.
+        self._joints_msg = message_class('sensor_msgs/msg/JointState')()
+        self._joints_msg.name = list(self.sim.joint_names)
+        self._wrench_msg = message_class('geometry_msgs/msg/WrenchStamped')()
+        self._wrench_msg.header.frame_id = self.frames['ft_sensor']
         contract_subscription(self, 'guidance_state', self._on_guidance_state)
         contract_subscription(self, 'position_commands', self._on_command)
         self._camera_info = self._make_camera_info()
@@ -187,9 +194,11 @@ class SimNode(Node):
         truth = out.truth
         tip = truth.needle_tip[:3, 3]
         phantom, state = self.sim.phantom, self.sim.state
-        err = min((float(np.hypot(tip[0] - g['x'], tip[2] - g['z']))
-                   for g in (phantom.vein_geometry(i, tip[1], state)
-                             for i in range(len(phantom.veins)))), default=np.inf)
+        err = np.nan  # the distance to a vein matters only once the needle is out
+        if out.joint_positions[-1] > TRUTH_MIN_STAGE_M:
+            err = min((float(np.hypot(tip[0] - g['x'], tip[2] - g['z']))
+                       for g in (phantom.vein_geometry(i, tip[1], state)
+                                 for i in range(len(phantom.veins)))), default=np.inf)
         self._truth.append((out.time_s, *tip.tolist(), float(truth.tip_in_lumen), err,
                             float(truth.needle.axial_n), float(truth.probe_force_n),
                             float(out.joint_positions[-1])))
@@ -353,24 +362,23 @@ class SimNode(Node):
         fault = self.fault if self._fault_active() else ''
         if self.truth_log:
             self._record_truth(out)
-        joints = message_class('sensor_msgs/msg/JointState')()
+        joints = self._joints_msg
         joints.header.stamp = stamp
-        joints.name = list(self.sim.joint_names)
         joints.position = out.joint_positions.tolist()
         if fault == 'joint_nan':
             joints.position[1] = float('nan')
         joints.velocity = out.joint_velocities.tolist()
         self._pub['joint_states'].publish(joints)
-        wrench = message_class('geometry_msgs/msg/WrenchStamped')()
+        wrench = self._wrench_msg
         wrench.header.stamp = stamp
-        wrench.header.frame_id = self.frames['ft_sensor']
         f, tq = wrench.wrench.force, wrench.wrench.torque
         values = np.array(out.wrench, dtype=float)
         if fault == 'ft_spike' and self.sim.time_s < self.fault_at_s + 0.003:
             values[:3] += FT_SPIKE_N * self._needle_axis_in_sensor()
         f.x, f.y, f.z, tq.x, tq.y, tq.z = (float(v) for v in values)
         if fault == 'ft_stale':  # a frozen driver: the same old sample again and again
-            self._stale_wrench = self._stale_wrench or wrench
+            if self._stale_wrench is None:
+                self._stale_wrench = copy.deepcopy(wrench)
             wrench = self._stale_wrench
         self._pub['ft_wrench'].publish(wrench)
         # Images carry their capture time; they arrive image_latency_s later, as on a rig.

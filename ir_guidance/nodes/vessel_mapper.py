@@ -63,6 +63,7 @@ CENTERLINE_FIELDS = ('x', 'y', 'z', 'radius', 'vessel_id', 'confidence', 'sigma'
 US_FIELDS = ('x', 'y', 'radius', 'radius_minor', 'confidence', 'id')
 NIR_FIELDS = ('x', 'y', 'z', 'vein', 'confidence')
 CHECK_HZ = 20.0
+READY = 'READY'  # lockstep start-up handshake with the controller (status stamped 0)
 SPHERE_STEP = 4  # a radius sphere every this many centreline samples
 
 
@@ -115,8 +116,9 @@ class VesselMapperNode(Node):
             'vessel_map_centerlines', 'vessel_map_markers', 'vessel_map_target',
             'vessel_map_status')}
         contract_subscription(self, 'joint_states', self._on_joints, self.lockstep)
-        contract_subscription(self, 'us_vessels', self._on_us, self.lockstep)
-        contract_subscription(self, 'nir_veins', self._on_nir, self.lockstep)
+        self._inputs = [contract_subscription(self, 'us_vessels', self._on_us, self.lockstep),
+                        contract_subscription(self, 'nir_veins', self._on_nir, self.lockstep)]
+        self._requested = False
         contract_subscription(self, 'vessel_map_request', self._on_request, self.lockstep)
         # Wall clock: in a lockstep run sim time stands still while a request waits.
         self.create_timer(1.0 / CHECK_HZ, self._check_pending,
@@ -218,11 +220,25 @@ class VesselMapperNode(Node):
             self._input_error('request stamp is not finite', 0.0)
             return
         self._pending.append((stamp, time.monotonic()))
+        self._requested = True
         self._check_pending()
 
     # -- answers --------------------------------------------------------------------------
+    def _announce_ready(self) -> None:
+        """Lockstep: say READY (status stamped 0) once both perception streams are matched.
+
+        The controller registers with the simulator only after this, so no perception
+        result of the first frames can be lost to discovery still going on.
+        """
+        if self.lockstep and not self._requested and all(
+                sub.get_publisher_count() > 0 for sub in self._inputs):
+            self._publish_status(0.0, True, READY, {})
+
     def _check_pending(self) -> None:
         """Answer the requests whose observations are complete (lockstep) or all (else)."""
+        self._ready_ticks = getattr(self, '_ready_ticks', 0) + 1
+        if self._ready_ticks % round(CHECK_HZ / 2) == 0:
+            self._announce_ready()
         while self._pending:
             stamp, since = self._pending[0]
             if self.lockstep:

@@ -31,7 +31,6 @@ from ir_guidance.runs import score
 STACK = ('ultrasound', 'nir', 'vessel_mapper', 'trajectory_planner', 'force_monitor',
          'arm_interface', 'controller', 'sim')
 TERMINAL = ('DONE', 'SAFE')
-SIM_TIME_NODES = ('arm_interface', 'force_monitor')
 KILL_DELAY_S = 0.3
 STARTUP_TIMEOUT_S = 120.0
 
@@ -52,10 +51,9 @@ class RunOptions:
 
 def node_parameters(name: str, options: RunOptions, workdir: Path) -> dict[str, Any]:
     """The ROS parameters ``name`` gets in a simulated run (on top of config/)."""
-    # Sim time only where a node compares stamps with its own clock: every other node
-    # works on the stamps it receives and would only pay for a 1 kHz /clock.
-    params: dict[str, Any] = {'lockstep': True,
-                              'use_sim_time': name in SIM_TIME_NODES}
+    # No node follows /clock: in lockstep every node works on the (sim time) stamps it
+    # receives, and a 1 kHz /clock subscription would cost each of them a callback a tick.
+    params: dict[str, Any] = {'lockstep': True}
     if name == 'sim':
         params.update(mode='lockstep', seed=options.seed,
                       phantom=options.phantom or f'random:{options.seed}',

@@ -36,9 +36,9 @@ def state_key(phantom: Phantom, state: PhantomState | None) -> bytes | None:
 
     What :meth:`Phantom.offset` and :meth:`Phantom.vein_geometry` read: the time only
     when the arm drifts (``motion_amplitude != 0``), the probe's force and position only
-    when it presses (a force <= 0 squeezes nothing, wherever the probe is), and every
-    vein's roll and the arm's shift. Equal keys mean equal geometry; no rounding, so two different scenes
-    never share one (-0.0 and 0.0 even count as different).
+    when it presses (a force <= 0 squeezes nothing, wherever the probe is), every vein's
+    roll and the arm's shift. Equal keys mean equal geometry; no rounding, so two
+    different scenes never share one (-0.0 and 0.0 even count as different).
     """
     if state is None:
         return None
