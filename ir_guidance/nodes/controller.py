@@ -77,7 +77,7 @@ def warm_up() -> bool:
 
 
 def _plain(value: Any) -> Any:
-    """numpy scalars and arrays as JSON values."""
+    """JSON values for numpy scalars and arrays."""
     if isinstance(value, np.generic | np.ndarray):
         return value.tolist()
     raise TypeError(f'{type(value).__name__} is not JSON serialisable')
