@@ -40,7 +40,10 @@ EXTERNAL = {('robot_state_publisher', 'robot_state_publisher'), ('ros_gz_sim', '
             ('ros_gz_bridge', 'parameter_bridge'), ('controller_manager', 'spawner')}
 # Packages whose share directory a launch file may look up eagerly (at generate time).
 EAGER_SHARES = {'ros_gz_sim'}
-STACK = set(NODES) - {'sim'}
+# The guidance stack; recorder and live_view are tools a user adds (ir-guidance sim
+# --record/--live, ros2 bag record, Foxglove), not part of what the launch files start.
+TOOLS = {'recorder', 'live_view'}
+STACK = set(NODES) - {'sim'} - TOOLS
 # Parameters a launch file sets itself (launch arguments or per-launch choices).
 OVERRIDES = {'source', 'mode', 'phantom', 'seed', 'command_interface', 'publish_tf'}
 
@@ -333,7 +336,8 @@ def edited_share(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
 @pytest.mark.parametrize('name', STACK_FILES)
 def test_parameters_follow_the_config_file(name, monkeypatch, edited_share):
     share, cfg = edited_share
-    runs = ([{'node': n} for n in sorted(NODES)] if name == 'bench.launch.py' else [{}])
+    runs = ([{'node': n} for n in sorted(STACK | {'sim'})] if name == 'bench.launch.py'
+            else [{}])
     seen = set()
     for arguments in runs:
         launched = _launch(name, monkeypatch, share, **arguments)
@@ -386,7 +390,7 @@ def test_rig_arguments_pick_sources_driver_and_description(monkeypatch):
 def test_sim_starts_the_sim_and_every_stack_node_in_lockstep(monkeypatch):
     launched = _launch('sim.launch.py', monkeypatch)
     started = launched.started()
-    assert set(started) == set(NODES)
+    assert set(started) == STACK | {'sim'}
     assert started['sim']['mode'] == 'lockstep'
     for executable in STACK:
         assert started[executable]['lockstep'] is True, executable
@@ -416,7 +420,7 @@ def test_gazebo_adds_the_stack_on_sim_time(monkeypatch):
     assert any(i['path'].endswith('gz_sim.launch.py') for i in launched.includes)
 
 
-@pytest.mark.parametrize('node', sorted(NODES))
+@pytest.mark.parametrize('node', sorted(STACK | {'sim'}))
 def test_bench_starts_exactly_the_chosen_node(node, monkeypatch):
     launched = _launch('bench.launch.py', monkeypatch, node=node)
     assert [(n['package'], n['executable']) for n in launched.nodes] == [('ir_guidance', node)]

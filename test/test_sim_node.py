@@ -16,7 +16,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from ir_guidance import config
-from ir_guidance.nodes.conversions import message_class, qos_profile
+from ir_guidance.nodes.conversions import LOCKSTEP_QOS, message_class, qos_profile
 from ir_guidance.nodes.sim import SimNode
 
 OUTPUTS = ('clock', 'joint_states', 'ft_wrench', 'us_image', 'nir_image', 'nir_depth',
@@ -31,19 +31,23 @@ def seconds(stamp) -> float:
 class Controller:
     """A lockstep controller: acks every tick it sees, optionally after commanding."""
 
-    def __init__(self, context, name: str = 'test_controller') -> None:
+    def __init__(self, context, name: str = 'test_controller', lockstep: bool = True) -> None:
         self.node = Node(name, context=context)
         self.name = name
         self.received: dict[str, list] = defaultdict(list)
         self.acking = True
         self.command: list[float] | None = None
+        # Called with each clock message before the answer: a scripted controller's
+        # command for that tick (one callback, so the order is fixed).
+        self.on_tick = None
         self._pub = {key: self._publisher(key) for key in (
             'lockstep_register', 'lockstep_ack', 'position_commands')}
         for key in OUTPUTS:
             spec = config.topic(key)
             self.node.create_subscription(
                 message_class(spec['type']), spec['name'],
-                lambda msg, key=key: self._on(key, msg), qos_profile(spec['qos']))
+                lambda msg, key=key: self._on(key, msg),
+                LOCKSTEP_QOS if lockstep else qos_profile(spec['qos']))
 
     def _publisher(self, key: str):
         spec = config.topic(key)
@@ -63,6 +67,8 @@ class Controller:
     def _on(self, key: str, msg) -> None:
         self.received[key].append(msg)
         if key == 'clock' and self.acking:
+            if self.on_tick is not None:
+                self.on_tick(msg)
             ack = message_class('sensor_msgs/msg/JointState')()
             ack.header.frame_id = self.name
             ack.header.stamp = msg.clock
@@ -107,6 +113,8 @@ def test_lockstep_advances_only_when_answered(lockstep, executor):
     assert sim.sim.tick == stopped  # no answer, no tick
     times = clock_times(controller)
     assert np.allclose(np.diff(times), 0.001)  # one tick per answer, none skipped
+    # Every tick's joint state arrives (publishing is asynchronous: wait for the last).
+    assert spin_until(executor, lambda: len(controller.received['joint_states']) >= stopped)
     states = controller.received['joint_states']
     assert len(states) == stopped
     assert list(states[0].name) == config.joint_names()
@@ -170,7 +178,7 @@ def test_unknown_phantom_key_stops_the_node(ros_context, tmp_path):
 def test_realtime_mode_runs_by_itself(ros_context, executor):
     sim = SimNode(context=ros_context, parameter_overrides=[
         Parameter('mode', value='realtime'), Parameter('sensors', value=False)])
-    controller = Controller(ros_context, 'observer')
+    controller = Controller(ros_context, 'observer', lockstep=False)
     executor.add_node(sim)
     executor.add_node(controller.node)
     try:
@@ -201,9 +209,7 @@ def test_lockstep_runs_repeat_command_for_command(ros_context, executor):
             command[-1] = min(0.01, 0.02 * t)
             controller.command = command
 
-        controller.node.create_subscription(
-            message_class('rosgraph_msgs/msg/Clock'), config.topic('clock')['name'], script,
-            qos_profile(config.topic('clock')['qos']))
+        controller.on_tick = script
         try:
             controller.register()
             assert spin_until(executor, lambda sim=sim: sim.sim.tick >= 150, timeout_s=30)

@@ -166,7 +166,13 @@ def test_sweep_then_request_gives_the_target(running, executor, sweep):
     axes = quat2mat([o.w, o.x, o.y, o.z])
     truth = np.array([0.05, 1.0, 0.0]) / np.linalg.norm([0.05, 1.0, 0.0])
     assert abs(abs(axes[:, 0] @ truth) - 1.0) < 1e-4 and axes[2, 2] > 0.999
-    cloud = cloud_array(rig.received['vessel_map_centerlines'][-1])
+    # The answer's map carries the request stamp (periodic views may come before or after).
+    def answered():
+        return [m for m in rig.received['vessel_map_centerlines'] if abs(
+            m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 - stamp) < 1e-9]
+
+    assert spin_until(executor, lambda: answered())
+    cloud = cloud_array(answered()[-1])
     assert set(cloud.dtype.names) == {'x', 'y', 'z', 'radius', 'vessel_id', 'confidence',
                                       'sigma'} and len(cloud) > 50
     kinds = {m.type for m in rig.received['vessel_map_markers'][-1].markers}

@@ -115,6 +115,7 @@ class _Watcher:
         self.states: list[str] = []
         self.sim_time = 0.0
         self.centerlines: Any = None
+        self.maps: dict[tuple[int, int], Any] = {}
         contract_subscription(self.node, 'guidance_state', self._on_state, lockstep=True)
         contract_subscription(self.node, 'vessel_map_centerlines', self._on_map, lockstep=True)
         if want_clock:
@@ -127,14 +128,19 @@ class _Watcher:
 
     def _on_map(self, msg: Any) -> None:
         self.centerlines = msg
+        self.maps[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
 
-    def save_map(self, path: Path) -> None:
-        """The last vessel map the mapper published, for the report."""
-        if self.centerlines is None:
+    def save_map(self, path: Path, stamp_s: float | None = None) -> None:
+        """The map the plan was made from (stamped ``stamp_s``; else the last one)."""
+        msg = self.centerlines
+        if stamp_s is not None:
+            key = divmod(round(stamp_s * 1e9), 1_000_000_000)
+            msg = self.maps.get(key, msg)
+        if msg is None:
             return
         from ir_guidance.nodes.conversions import cloud_array
 
-        points = cloud_array(self.centerlines)
+        points = cloud_array(msg)
         np.savez_compressed(path, **{name: np.asarray(points[name]) for name in
                                      points.dtype.names})
 
@@ -237,7 +243,7 @@ def _run_processes(options: RunOptions, workdir: Path, domain_id: int) -> float 
                 raise TimeoutError(f'no DONE/SAFE within {options.timeout_s:.0f} s; last '
                                    f'state: {watcher.states[-1:] or "none"}')
         watcher.spin(0.1)
-        watcher.save_map(workdir / 'map.npz')
+        watcher.save_map(workdir / 'map.npz', _plan_stamp(workdir))
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -286,7 +292,7 @@ def _run_single(options: RunOptions, workdir: Path, domain_id: int) -> float | N
             seen = len(watcher.states)
             if time.monotonic() > deadline:
                 raise TimeoutError(f'no DONE/SAFE within {options.timeout_s:.0f} s')
-        watcher.save_map(workdir / 'map.npz')
+        watcher.save_map(workdir / 'map.npz', _plan_stamp(workdir))
     finally:
         watcher.close()
         for node in nodes:
@@ -294,6 +300,14 @@ def _run_single(options: RunOptions, workdir: Path, domain_id: int) -> float | N
         executor.shutdown()
         context.try_shutdown()
     return None
+
+
+def _plan_stamp(workdir: Path) -> float | None:
+    """The stamp of the map the controller planned from (its log), if it got that far."""
+    log = workdir / 'controller.json'
+    if not log.is_file():
+        return None
+    return score.load_log(log).get('plan', {}).get('stamp_s')
 
 
 def main_result_line(result: dict[str, Any]) -> str:

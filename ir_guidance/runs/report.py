@@ -99,24 +99,27 @@ def _map(plt, map_file: Path, truth, log, path: Path) -> Path:
 
 def _force(plt, truth, log, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    inserting = truth['stage_m'] > 1e-5
+    start, stop = score.phase_time(log, 'INSERT'), score.phase_time(log, 'VERIFY')
+    t = truth['t']
+    inserting = (t >= (start or np.inf)) & (t <= (stop if stop is not None else t[-1]))
     ax.plot(truth['stage_m'][inserting] * 1e3, truth['axial_n'][inserting], 'k-', lw=1,
             label='needle force (simulator truth)')
     trace = np.asarray(log.get('insertion') or np.zeros((0, 4)), dtype=float)
     if len(trace):
         ax.plot(trace[:, 1] * 1e3, trace[:, 3], 'g-', lw=1,
                 label='axial F/T (controller, filtered)')
-    for t, text in log.get('events', []):
-        if 'puncture' in text:
-            i = int(np.searchsorted(truth['t'], t))
-            ax.axvline(truth['stage_m'][min(i, len(truth['t']) - 1)] * 1e3, color='r',
-                       ls='--', lw=0.8)
-            ax.text(truth['stage_m'][min(i, len(truth['t']) - 1)] * 1e3, ax.get_ylim()[1] * 0.9,
-                    text.split(' (')[0], rotation=90, fontsize=7, color='r')
+    for when, text in log.get('events', []):
+        if ' puncture (' not in text:
+            continue
+        i = min(int(np.searchsorted(t, when)), len(t) - 1)
+        depth = truth['stage_m'][i] * 1e3
+        ax.axvline(depth, color='r', ls='--', lw=0.8)
+        ax.annotate(text.split(' (')[0], (depth, 0.95), xycoords=('data', 'axes fraction'),
+                    rotation=90, fontsize=7, color='r', va='top', ha='right')
     ax.set_xlabel('needle stage travel (mm)')
     ax.set_ylabel('axial force (N)')
     ax.set_title('force against depth, with detected punctures')
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc='upper left')
     return _save(plt, fig, path)
 
 
