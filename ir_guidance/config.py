@@ -51,3 +51,19 @@ def joint_names() -> list[str]:
     """Commanded joints in command order: the arm joints, then the needle stage."""
     robot = load()['robot']
     return [*robot['arm_joints'], robot['stage_joint']]
+
+
+def flat_parameters(section: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """A config section as ROS parameters: nested mappings become ``key.subkey`` names.
+
+    The names the nodes declare (``nodes.conversions.declare_section``); launch files pass
+    config sections through this so that they and the CLI start nodes the same way.
+    """
+    params: dict[str, Any] = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            params.update({f'{key}.{k}': v for k, v in flat_parameters(value).items()})
+        else:
+            params[key] = value
+    params.update(overrides)
+    return params

@@ -27,6 +27,7 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 from ir_guidance import config as ir_config
+from ir_guidance.config import flat_parameters as flat
 
 # arm_interface's command_interface -> the controller that takes its commands.
 CONTROLLERS = {
@@ -40,18 +41,6 @@ def _spawner(controller, controllers_yaml, *extra, condition=None):
                 arguments=[controller, '--controller-manager', '/controller_manager',
                            '--param-file', controllers_yaml, *extra],
                 condition=condition, output='screen')
-
-
-def flat(section, **overrides):
-    """A config section as ROS parameters: nested mappings become ``key.subkey`` names."""
-    params = {}
-    for key, value in section.items():
-        if isinstance(value, dict):
-            params.update({f'{key}.{k}': v for k, v in flat(value).items()})
-        else:
-            params[key] = value
-    params.update(overrides)
-    return params
 
 
 def generate_launch_description():

@@ -40,24 +40,13 @@ from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from ir_guidance import config as ir_config
+from ir_guidance.config import flat_parameters as flat
 
 # arm_interface's command_interface -> the ur_robot_driver controller that takes its commands.
 UR_CONTROLLERS = {
     'position': 'forward_position_controller',
     'trajectory': 'joint_trajectory_controller',
 }
-
-
-def flat(section, **overrides):
-    """A config section as ROS parameters: nested mappings become ``key.subkey`` names."""
-    params = {}
-    for key, value in section.items():
-        if isinstance(value, dict):
-            params.update({f'{key}.{k}': v for k, v in flat(value).items()})
-        else:
-            params[key] = value
-    params.update(overrides)
-    return params
 
 
 def generate_launch_description():

@@ -22,18 +22,7 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 from ir_guidance import config as ir_config
-
-
-def flat(section, **overrides):
-    """A config section as ROS parameters: nested mappings become ``key.subkey`` names."""
-    params = {}
-    for key, value in section.items():
-        if isinstance(value, dict):
-            params.update({f'{key}.{k}': v for k, v in flat(value).items()})
-        else:
-            params[key] = value
-    params.update(overrides)
-    return params
+from ir_guidance.config import flat_parameters as flat
 
 
 def generate_launch_description():
