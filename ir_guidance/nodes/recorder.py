@@ -89,8 +89,11 @@ class RecorderNode(Node):
             self.declare_parameter(name, section[name])
         self.declare_parameter('lockstep', bool(config.load()['lockstep']['enabled']))
         value = {name: self.get_parameter(name).value for name in (
-            'path', 'topics', 'compression', 'chunk_size', 'max_queue_mb', 'depth',
-            'qos_check_s', 'lockstep')}
+            'path', 'compression', 'chunk_size', 'max_queue_mb', 'depth', 'qos_check_s',
+            'lockstep')}
+        # An array parameter with no default and none given is uninitialized: every topic.
+        topics = self.get_parameter_or('topics', None)
+        value['topics'] = topics.value if topics is not None else []
         if not value['path']:
             raise RecordingError('parameter path is empty: where should the recording go '
                                  '(e.g. -p path:=run.mcap)?')
