@@ -166,16 +166,23 @@ def test_sweep_then_request_gives_the_target(running, executor, sweep):
     axes = quat2mat([o.w, o.x, o.y, o.z])
     truth = np.array([0.05, 1.0, 0.0]) / np.linalg.norm([0.05, 1.0, 0.0])
     assert abs(abs(axes[:, 0] @ truth) - 1.0) < 1e-4 and axes[2, 2] > 0.999
-    # The answer's map carries the request stamp (periodic views may come before or after).
-    def answered():
-        return [m for m in rig.received['vessel_map_centerlines'] if abs(
+    # The answer's map carries the request stamp (periodic views may come before or after,
+    # and topics have no mutual order: wait for each).
+    def answered(key):
+        return [m for m in rig.received[key] if abs(
             m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 - stamp) < 1e-9]
 
-    assert spin_until(executor, lambda: answered())
-    cloud = cloud_array(answered()[-1])
+    assert spin_until(executor, lambda: answered('vessel_map_centerlines'))
+    cloud = cloud_array(answered('vessel_map_centerlines')[-1])
     assert set(cloud.dtype.names) == {'x', 'y', 'z', 'radius', 'vessel_id', 'confidence',
                                       'sigma'} and len(cloud) > 50
-    kinds = {m.type for m in rig.received['vessel_map_markers'][-1].markers}
+    def answered_markers():
+        return [a for a in rig.received['vessel_map_markers'] if any(
+            abs(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 - stamp) < 1e-9
+            and m.type == 0 for m in a.markers)]  # the one with the target arrow
+
+    assert spin_until(executor, lambda: answered_markers())
+    kinds = {m.type for m in answered_markers()[-1].markers}
     assert {4, 2, 0} <= kinds  # LINE_STRIP, SPHERE, ARROW
     # An early request answers from the observations up to then: too short a stretch.
     rig.ask(T0 + 10 / 30.0)
