@@ -263,7 +263,7 @@ class Guidance:
             self.command = q.copy()
         reason = self._check_inputs(inputs)
         if self.phase in TERMINAL:
-            pass
+            reason = None  # DONE and SAFE hold their last command whatever comes in
         elif reason:
             self._enter(Phase.SAFE, reason, t)
         elif inputs.estop:
