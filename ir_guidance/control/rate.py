@@ -229,16 +229,16 @@ class FixedRateLoop:
                                       os.sched_param(self.realtime_priority))
                 granted['rt_scheduling'] = True
                 undo.append(lambda: os.sched_setscheduler(0, old_policy, old_param))
-            except OSError:
-                pass
+            except OSError as error:  # no rtprio grant: run anyway, say why in the stats
+                granted['rt_scheduling_refused'] = str(error)
         if self.cpu is not None and hasattr(os, 'sched_setaffinity'):
             old_cpus = os.sched_getaffinity(0)
             try:
                 os.sched_setaffinity(0, {self.cpu})
                 granted['affinity'] = sorted(os.sched_getaffinity(0))
                 undo.append(lambda: os.sched_setaffinity(0, old_cpus))
-            except (OSError, ValueError):
-                pass
+            except (OSError, ValueError) as error:  # e.g. that CPU is not ours
+                granted['affinity_refused'] = str(error)
         if self.gc_freeze:
             was_enabled = gc.isenabled()
             gc.collect()

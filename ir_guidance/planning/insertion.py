@@ -141,7 +141,7 @@ def _vector(value: Any, name: str) -> np.ndarray:
 
 
 class _InvalidError(ValueError):
-    pass
+    """A NaN/inf or malformed input: the plan's reason becomes 'invalid target'."""
 
 
 def _clearance_violation(chain: SerialChain, traj: JointTrajectory, frames: Sequence[str],
@@ -263,7 +263,7 @@ def plan_insertion(chain: SerialChain, q_start: np.ndarray, target_position: np.
 
 
 class _NoClearPathError(RuntimeError):
-    pass
+    """The probe or flange would pass below the skin: reason 'no clear path'."""
 
 
 def _ik_params() -> dict[str, Any]:
