@@ -63,6 +63,9 @@ class StreamBarrier:
     since_s: float = 0.0
     _seen: set[int] = field(default_factory=set)
     _lost: set[int] = field(default_factory=set)
+    # Every frame captured up to here has its result (or is lost): the next check starts
+    # there, so a check a tick costs the frames still open, not the whole run so far.
+    _complete_s: float = field(default=-math.inf, init=False)
 
     def received(self, stamp_s: float) -> None:
         self._seen.add(tick_key(stamp_s, self.physics_hz))
@@ -74,8 +77,17 @@ class StreamBarrier:
 
     def missing(self, now_s: float) -> list[float]:
         """Due capture times with no result yet (and not declared lost)."""
-        done = self._seen | self._lost
-        return [s for s in self.due(now_s) if tick_key(s, self.physics_hz) not in done]
+        stamps = capture_stamps(self.rate_hz, self.physics_hz,
+                                max(self.since_s, self._complete_s), now_s - self.latency_s)
+        open_ = [s for s in stamps if not self._done(s)]
+        closed = [s for s in stamps if not open_ or s < open_[0]]
+        if closed:
+            self._complete_s = closed[-1]
+        return open_
+
+    def _done(self, stamp_s: float) -> bool:
+        key = tick_key(stamp_s, self.physics_hz)
+        return key in self._seen or key in self._lost
 
     def declare_lost(self, stamps: list[float]) -> None:
         self._lost.update(tick_key(s, self.physics_hz) for s in stamps)
@@ -83,3 +95,4 @@ class StreamBarrier:
     def restart(self, since_s: float) -> None:
         """Start needing the stream again from ``since_s`` (older frames are not awaited)."""
         self.since_s = since_s
+        self._complete_s = -math.inf

@@ -19,8 +19,9 @@ from ir_guidance import config
 from ir_guidance.nodes.conversions import LOCKSTEP_QOS, message_class, qos_profile
 from ir_guidance.nodes.sim import SimNode
 
-OUTPUTS = ('clock', 'joint_states', 'ft_wrench', 'us_image', 'nir_image', 'nir_depth',
-           'nir_camera_info', 'gt_needle_tip', 'gt_tip_in_lumen', 'gt_vessels', 'sim_status')
+OUTPUTS = ('clock', 'joint_states', 'lockstep_joint_states', 'ft_wrench', 'us_image',
+           'nir_image', 'nir_depth', 'nir_camera_info', 'gt_needle_tip', 'gt_tip_in_lumen',
+           'gt_vessels', 'sim_status')
 HOME = np.array(config.load()['robot']['home'], dtype=float)
 
 
@@ -113,12 +114,20 @@ def test_lockstep_advances_only_when_answered(lockstep, executor):
     assert sim.sim.tick == stopped  # no answer, no tick
     times = clock_times(controller)
     assert np.allclose(np.diff(times), 0.001)  # one tick per answer, none skipped
-    # Every tick's joint state arrives (publishing is asynchronous: wait for the last).
-    assert spin_until(executor, lambda: len(controller.received['joint_states']) >= stopped)
-    states = controller.received['joint_states']
+    # Every tick's joint state arrives on the lockstep topic (publishing is asynchronous:
+    # wait for the last); /joint_states has every n-th tick's, from the first on.
+    every = round(config.load()['sim']['physics_hz'] / config.load()['sim']['joint_state_hz'])
+    assert every > 1
+    received = controller.received
+    assert spin_until(executor, lambda: len(received['lockstep_joint_states']) >= stopped)
+    states = received['lockstep_joint_states']
     assert len(states) == stopped
     assert list(states[0].name) == config.joint_names()
     np.testing.assert_allclose(states[0].position, HOME, atol=1e-3)
+    decimated = (stopped - 1) // every + 1
+    assert spin_until(executor, lambda: len(received['joint_states']) >= decimated)
+    assert [seconds(m.header.stamp) for m in received['joint_states']] == pytest.approx(
+        [seconds(m.header.stamp) for m in states[::every]])
     wrench = controller.received['ft_wrench'][-1]
     assert wrench.header.frame_id == config.load()['frames']['ft_sensor']
 
@@ -215,7 +224,8 @@ def test_lockstep_runs_repeat_command_for_command(ros_context, executor):
             assert spin_until(executor, lambda sim=sim: sim.sim.tick >= 150, timeout_s=30)
             controller.acking = False
             spin_for(executor, 0.1)
-            runs.append([list(m.position) for m in controller.received['joint_states'][:150]])
+            states = controller.received['lockstep_joint_states'][:150]
+            runs.append([list(m.position) for m in states])
         finally:
             executor.remove_node(sim)
             executor.remove_node(controller.node)
@@ -224,3 +234,46 @@ def test_lockstep_runs_repeat_command_for_command(ros_context, executor):
     assert len(runs[0]) == 150
     assert runs[0] == runs[1]
     assert runs[0][-1] != runs[0][0]  # the arm really moved
+
+
+def test_first_tick_waits_for_the_named_consumers(ros_context, executor):
+    """A consumer named in ``consumers`` gets the first frame: the sim does not tick
+    before that node subscribes, however early the controller registers."""
+    sim = SimNode(context=ros_context, parameter_overrides=[
+        Parameter('mode', value='lockstep'), Parameter('sensors', value=False),
+        Parameter('consumers', value='late_consumer:ft_wrench')])
+    controller = Controller(ros_context)
+    late = None
+    executor.add_node(sim)
+    executor.add_node(controller.node)
+    try:
+        controller.register()
+        spin_for(executor, 1.0)
+        assert sim.sim.tick == 0
+        assert any('ft_wrench (late_consumer)' in s for s in controller.statuses())
+        late = Node('late_consumer', context=ros_context)
+        got = []
+        spec = config.topic('ft_wrench')
+        late.create_subscription(message_class(spec['type']), spec['name'], got.append,
+                                 LOCKSTEP_QOS)
+        executor.add_node(late)
+        assert spin_until(executor, lambda: sim.sim.tick >= 5, timeout_s=20)
+        assert spin_until(executor, lambda: len(got) >= 5)
+        assert seconds(got[0].header.stamp) == pytest.approx(0.001)  # the very first
+    finally:
+        for node in (sim, controller.node, late):
+            if node is not None:
+                executor.remove_node(node)
+                node.destroy_node()
+
+
+@pytest.mark.parametrize(('overrides', 'message'), [
+    ({'consumers': 'nir:no_such_topic'}, 'does not publish'),
+    ({'joint_state_hz': 300.0}, 'must divide'),
+    ({'joint_state_hz': 100.0}, 'lockstep_delay_ticks'),
+])
+def test_bad_lockstep_parameters_stop_the_node(ros_context, overrides, message):
+    params = [Parameter('mode', value='lockstep'), Parameter('sensors', value=False)]
+    params += [Parameter(k, value=v) for k, v in overrides.items()]
+    with pytest.raises(ValueError, match=message):
+        SimNode(context=ros_context, parameter_overrides=params)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from ruckig import InputParameter, OutputParameter, Result, Ruckig
+from ruckig import ControlInterface, InputParameter, OutputParameter, Result, Ruckig
 
 from ir_guidance import config, rig_description
 from ir_guidance.control import supervisor
@@ -156,13 +156,36 @@ class StageProfile:
         self._in.max_jerk = [jerk]
         self.position = position
         self.done = True
+        self._limits = (acceleration, jerk)
 
     def limit_velocity(self, velocity: float) -> None:
         """A new speed limit from this tick on (ruckig brakes smoothly if above it)."""
         self._in.max_velocity = [float(velocity)]
 
     def step(self, target: float) -> float:
+        """One tick toward ``target`` under the profile's limits."""
+        self._in.control_interface = ControlInterface.Position
+        self._in.max_acceleration, self._in.max_jerk = ([v] for v in self._limits)
         self._in.target_position = [float(target)]
+        return self._update()
+
+    def brake(self, acceleration: float, jerk: float) -> float:
+        """One tick of a stop to rest under a hold's stronger limits.
+
+        The velocity interface stops without moving back to a point; ``step`` resumes
+        from wherever the stage stopped.
+        """
+        self._in.control_interface = ControlInterface.Velocity
+        self._in.max_acceleration, self._in.max_jerk = [float(acceleration)], [float(jerk)]
+        self._in.target_velocity = [0.0]
+        self._in.target_acceleration = [0.0]
+        return self._update()
+
+    @property
+    def velocity(self) -> float:
+        return float(self._in.current_velocity[0])
+
+    def _update(self) -> float:
         result = self._otg.update(self._in, self._out)
         if result not in (Result.Working, Result.Finished):
             raise RuntimeError(f'stage profile failed: {result}')
@@ -236,6 +259,7 @@ class Guidance:
         self._punctures = 0
         self._last_us_s: float | None = None
         self._last_match_s: float | None = None
+        self._us_matched = True  # the newest US frame showed the target vessel
         self._depths: list[float] = []
         self._tip_evidence = False
         self._tared = False
@@ -359,6 +383,7 @@ class Guidance:
                     abs(s.x - target[0]) < s.radius_major + gate):
                 if best is None or abs(s.y - target[1]) < abs(best.y - target[1]):
                     best = s
+        self._us_matched = best is not None
         if best is None:
             return
         self._last_match_s = frame.stamp_s
@@ -567,6 +592,19 @@ class Guidance:
         in_air = skin is not None and self._stage.position < skin - ins['skin_margin_m']
         self._stage.limit_velocity(ins['air_speed_m_s'] if in_air else ins['speed_m_s'])
         cmd = self.command.copy()
+        if not self._us_matched:
+            # The newest frame does not show the vessel where the plan has it (moved, or
+            # lost for a frame): stop now, go on if it is back before lost_s.
+            if self.step_name != 'hold':
+                self.step_name = 'hold'
+                text = (f'holding at {self._stage.position * 1e3:.2f} mm: the vessel is not '
+                        'where the plan has it on the last US frame')
+                events.append(text)
+                self.trace.events.append((t, text))
+            cmd[self.stage] = self._stage.brake(servo['hold_accel_m_s2'],
+                                                servo['hold_jerk_m_s3'])
+            return cmd
+        self.step_name = ''
         cmd[self.stage] = self._stage.step(self._stage_target)
         if self._stage.done:
             evidence = 'wall puncture' if self._punctures >= 2 else 'no wall puncture felt'

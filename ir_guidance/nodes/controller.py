@@ -3,14 +3,15 @@
 The node gathers inputs, builds one :class:`Inputs` snapshot per tick, calls
 ``Guidance.update`` and sends the command. Two ways to tick:
 
-- ``lockstep`` (simulation): per tick the sim publishes one joint state and one wrench
-  (reliable, in order), so the k-th of each is tick k (stamped with its sim time; no
-  ``/clock`` needed). US results of a frame captured at ``s`` are used from
-  ``s + lockstep.us_latency_s`` on, and the node does not answer a tick until every
-  scheduled frame up to then has its result (``ir_guidance.lockstep``); in PLAN it does
-  not answer until the mapper and planner have answered its request. The answer (the
-  ack) carries the command. So every run of a seed sends the same commands. A result
-  missing for ``lockstep.stall_timeout_s`` of wall time is a fault: SAFE.
+- ``lockstep`` (simulation): per tick the sim publishes one joint state (on
+  ``lockstep_joint_states``) and one wrench (reliable, in order), so the k-th of each is
+  tick k (stamped with its sim time; no ``/clock`` needed). US results of a frame
+  captured at ``s`` are used from ``s + lockstep.us_latency_s`` on, and the node does
+  not answer a tick until every scheduled frame up to then has its result
+  (``ir_guidance.lockstep``); in PLAN it does not answer until the mapper and planner
+  have answered its request. The answer (the ack) carries the command. So every run of a
+  seed sends the same commands. A result missing for ``lockstep.stall_timeout_s`` of
+  wall time is a fault: SAFE.
 - realtime (hardware): ``control.rate.FixedRateLoop`` ticks at ``rate_hz`` on its own
   thread on a monotonic schedule (not an executor timer); inputs are the latest
   messages; commands go to ``/arm/joint_command`` (arm_interface checks them again).
@@ -137,7 +138,9 @@ class ControllerNode(Node):
         self._pub = {key: contract_publisher(self, key) for key in (
             'guidance_state', 'vessel_map_request', 'joint_command', 'lockstep_register',
             'lockstep_ack')}
-        contract_subscription(self, 'joint_states', self._on_joints, self.lockstep)
+        # Lockstep: the state of every tick (the sim's /joint_states is decimated).
+        contract_subscription(self, 'lockstep_joint_states' if self.lockstep else 'joint_states',
+                              self._on_joints, self.lockstep)
         contract_subscription(self, 'ft_wrench', self._on_wrench, self.lockstep)
         self._inputs = [contract_subscription(self, 'us_vessels', self._on_us, self.lockstep)]
         for key in ('vessel_map_status', 'vessel_map_target', 'planner_status',
@@ -285,7 +288,9 @@ class ControllerNode(Node):
                 if self.guidance.phase == Phase.PLAN and self.guidance._request_s is not None:
                     plan = self._plan_answer(self.guidance._request_s)
                     if plan is None and self._fault is None:
-                        self._wait('the map and plan answer')
+                        # The mapper answers a stall of its own inputs after
+                        # stall_timeout_s with its reason: give it time to say so.
+                        self._wait('the map and plan answer', None, 2.0)
                         return
                 js_t, q = self._joints.popleft()
                 w_t, w = self._wrenches.popleft()
@@ -302,14 +307,16 @@ class ControllerNode(Node):
             ack.position = [float(v) for v in out.command]
             self._pub['lockstep_ack'].publish(ack)
 
-    def _wait(self, what: str = 'the tick inputs', missing: list[float] | None = None
-              ) -> None:
+    def _wait(self, what: str = 'the tick inputs', missing: list[float] | None = None,
+              factor: float = 1.0) -> None:
+        """Note that the tick waits for ``what``; past ``factor`` stall timeouts: fault."""
         now = time.monotonic()
-        self._waiting_for = (what, missing)
+        self._waiting_for = (what, missing, factor)
+        timeout = factor * self.stall_timeout_s
         if self._waiting_since is None:
             self._waiting_since = now
-        elif now - self._waiting_since > self.stall_timeout_s:
-            self._fault = f'stalled: no {what} for {self.stall_timeout_s:.0f} s'
+        elif now - self._waiting_since > timeout:
+            self._fault = f'stalled: no {what} for {timeout:.0f} s'
             if missing:
                 self.us_barrier.declare_lost(missing)
             self._waiting_since = None
@@ -317,8 +324,7 @@ class ControllerNode(Node):
     def _check_stall(self) -> None:
         if self._waiting_since is not None:
             with self._lock:
-                what, missing = self._waiting_for
-                self._wait(what, missing)
+                self._wait(*self._waiting_for)
             self._try_tick()
 
     def _realtime_tick(self, now_s: float) -> None:

@@ -37,6 +37,9 @@ from ir_guidance.perception.nir_veins import NirParams, NirVeinDetector
 NODE_NAME = 'nir'
 SOURCES = ('topic', 'realsense')
 PENDING = 8  # unpaired images/depths kept while waiting for their partner
+# Lockstep may not drop a frame: a sample DDS lost and resent (reliable) can come a second
+# or more after its partner, while the sim runs on at several frames a second.
+PENDING_LOCKSTEP = 200
 CLOUD_FIELDS = ('x', 'y', 'z', 'vein', 'confidence')
 
 
@@ -64,6 +67,7 @@ class NirNode(Node):
         self.declare_parameter('lockstep', bool(config.load()['lockstep']['enabled']))
         source = self.get_parameter('source').value
         lockstep = bool(self.get_parameter('lockstep').value)
+        self._pending_max = PENDING_LOCKSTEP if lockstep else PENDING
         if source not in SOURCES:
             raise ValueError(f'source must be one of {SOURCES}, got {source!r}')
         self.detector = NirVeinDetector(NirParams.from_config(section))
@@ -122,8 +126,12 @@ class NirNode(Node):
         partner = other.pop(stamp, None)
         if partner is None:
             mine[stamp] = image if image is not None else depth
-            while len(mine) > PENDING:
-                mine.pop(min(mine))
+            while len(mine) > self._pending_max:
+                dropped = min(mine)
+                mine.pop(dropped)
+                self.get_logger().warning(
+                    f'dropped the unpaired {"image" if image is not None else "depth"} '
+                    f'stamped {dropped:.6f} s: its partner never came', throttle_duration_sec=1.0)
             return
         image, depth = (image, partner) if image is not None else (partner, depth)
         try:

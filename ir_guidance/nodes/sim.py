@@ -1,6 +1,8 @@
 """sim: the embedded simulator as a ROS 2 node (a thin adapter over ir_guidance.sim).
 
-Publishes ``/clock`` (sim time), ``/joint_states`` and the F/T wrench every tick, the
+Publishes ``/clock`` (sim time) and the F/T wrench every tick, ``/joint_states`` every
+``joint_state_hz`` (a joint_state_broadcaster; in lockstep every tick's state also goes
+to the controller on ``lockstep_joint_states``), the
 ultrasound, NIR and depth images with the camera info on their own schedules, and the
 ground truth under ``/sim/ground_truth/``; takes ros2_control-style position commands
 on the topic named in ``config/``. Two modes:
@@ -13,7 +15,7 @@ on the topic named in ``config/``. Two modes:
   be reordered). Controllers register by publishing their name on
   ``lockstep_register``. With no controller registered the sim holds still: a lockstep
   run never advances unobserved; the first tick also waits until every subscriber in the
-  graph is matched.
+  graph (and every consumer named in ``consumers``) is matched.
 
 A bad command (wrong joint count, NaN, outside limits) is refused with a reason on
 ``/sim/status`` and the arm keeps tracking the last good command.
@@ -97,12 +99,16 @@ class SimNode(Node):
         self.delay_ticks = int(self.get_parameter('lockstep_delay_ticks').value)
         if self.delay_ticks < 1:
             raise ValueError(f'lockstep_delay_ticks must be >= 1, got {self.delay_ticks}')
-        for key in ('physics_hz', 'us_hz', 'nir_hz'):
+        for key in ('physics_hz', 'us_hz', 'nir_hz', 'joint_state_hz'):
             self.declare_parameter(key, float(section[key]))
         self.declare_parameter('sensors', True)
         self.declare_parameter('truth_log', '')
         self.declare_parameter('fault', '')
         self.declare_parameter('fault_delay_s', 0.3)
+        # 'node:topic_key,...': lockstep consumers the first tick waits for by name.
+        self.declare_parameter('consumers', '')
+        self.consumers = [tuple(item.split(':', 1)) for item in
+                          str(self.get_parameter('consumers').value).split(',') if item]
         value = {p: self.get_parameter(p).value for p in (
             'phantom', 'seed', 'mode', 'physics_hz', 'us_hz', 'nir_hz', 'sensors',
             'lockstep_warn_s')}
@@ -117,10 +123,14 @@ class SimNode(Node):
         self.lockstep_warn_s = value['lockstep_warn_s']
         self.frames = config.load()['frames']
         lockstep = self.mode == 'lockstep'
+        self.joint_state_every = self._joint_state_every(lockstep)
         self._pub = {key: contract_publisher(self, key, lockstep) for key in (
-            'clock', 'joint_states', 'ft_wrench', 'us_image', 'nir_image', 'nir_depth',
-            'nir_camera_info', 'gt_vessels', 'gt_needle_tip', 'gt_tip_in_lumen',
-            'sim_status', 'guidance_estop')}
+            'clock', 'joint_states', 'lockstep_joint_states', 'ft_wrench', 'us_image',
+            'nir_image', 'nir_depth', 'nir_camera_info', 'gt_vessels', 'gt_needle_tip',
+            'gt_tip_in_lumen', 'sim_status', 'guidance_estop')}
+        unknown = [key for _, key in self.consumers if key not in self._pub]
+        if unknown:
+            raise ValueError(f'consumers name topics the sim does not publish: {unknown}')
         self.truth_log = str(self.get_parameter('truth_log').value)
         self._truth: list[tuple[float, ...]] = []
         self._truth_events: list[tuple[float, str]] = []
@@ -153,6 +163,18 @@ class SimNode(Node):
         self._status(f'OK: {self.mode} simulation of {len(phantom.veins)} vein(s), '
                      f'seed {settings.seed}')
         self._publish_tick(None)
+
+    def _joint_state_every(self, lockstep: bool) -> int:
+        """Ticks between two ``/joint_states`` (``joint_state_hz`` must divide physics_hz)."""
+        every = self.sim.settings.physics_hz / float(self.get_parameter('joint_state_hz').value)
+        if every < 1 - 1e-9 or abs(every - round(every)) > 1e-6:
+            raise ValueError(f'joint_state_hz must divide physics_hz '
+                             f'({self.sim.settings.physics_hz:g} Hz)')
+        if lockstep and round(every) > self.delay_ticks:
+            raise ValueError(f'lockstep: /joint_states every {round(every)} ticks is more '
+                             f'than lockstep_delay_ticks ({self.delay_ticks}): a paused run '
+                             'could hold back the state of a stamp that a consumer waits for')
+        return round(every)
 
     # -- faults and truth -----------------------------------------------------------------
     @staticmethod
@@ -301,13 +323,20 @@ class SimNode(Node):
         self._advance_if_answered()
 
     def _unmatched(self) -> list[str]:
-        """Topics whose subscribers in the graph are not all matched to us yet.
+        """Topics whose subscribers are not all in the graph and matched to us yet.
 
         The first tick waits for them: a lockstep run must not publish a frame that a
-        consumer would miss only because discovery had not finished.
+        consumer would miss only because discovery had not finished. A node's name in
+        the graph does not say its subscriptions are discovered yet, so the consumers
+        named in ``consumers`` are waited for by name.
         """
-        return [pub.topic_name for pub in self._pub.values()
-                if pub.get_subscription_count() < self.count_subscribers(pub.topic_name)]
+        absent = [f'{key} ({node})' for node, key in self.consumers
+                  if node not in {info.node_name for info in
+                                  self.get_subscriptions_info_by_topic(
+                                      self._pub[key].topic_name)}]
+        return absent + [
+            pub.topic_name for pub in self._pub.values()
+            if pub.get_subscription_count() < self.count_subscribers(pub.topic_name)]
 
     def _advance_if_answered(self) -> None:
         """Step every tick whose command is known: tick k needs the answers to k - delay.
@@ -368,7 +397,10 @@ class SimNode(Node):
         if fault == 'joint_nan':
             joints.position[1] = float('nan')
         joints.velocity = out.joint_velocities.tolist()
-        self._pub['joint_states'].publish(joints)
+        if self.mode == 'lockstep':
+            self._pub['lockstep_joint_states'].publish(joints)
+        if (out.tick - 1) % self.joint_state_every == 0:  # the first tick's state too
+            self._pub['joint_states'].publish(joints)
         wrench = self._wrench_msg
         wrench.header.stamp = stamp
         f, tq = wrench.wrench.force, wrench.wrench.torque

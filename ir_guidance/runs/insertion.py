@@ -31,6 +31,11 @@ from ir_guidance.runs import score
 STACK = ('ultrasound', 'nir', 'vessel_mapper', 'trajectory_planner', 'force_monitor',
          'arm_interface', 'controller', 'sim')
 TERMINAL = ('DONE', 'SAFE')
+# The simulator's streams each node must not miss a sample of (a lost early frame would
+# stall a lockstep run): the sim's first tick waits until these are matched by name.
+CONSUMERS = {'ultrasound': ('us_image',), 'nir': ('nir_image', 'nir_depth', 'nir_camera_info'),
+             'vessel_mapper': ('joint_states',), 'trajectory_planner': ('joint_states',),
+             'controller': ('lockstep_joint_states', 'ft_wrench')}
 KILL_DELAY_S = 0.3
 STARTUP_TIMEOUT_S = 120.0
 
@@ -57,7 +62,9 @@ def node_parameters(name: str, options: RunOptions, workdir: Path) -> dict[str, 
     if name == 'sim':
         params.update(mode='lockstep', seed=options.seed,
                       phantom=options.phantom or f'random:{options.seed}',
-                      truth_log=str(workdir / 'truth.npz'))
+                      truth_log=str(workdir / 'truth.npz'),
+                      consumers=','.join(f'{node}:{key}' for node, keys in CONSUMERS.items()
+                                         for key in keys))
         if options.fault and not options.fault.startswith('kill:'):
             params['fault'] = options.fault
     elif name == 'controller':
@@ -320,7 +327,8 @@ def main_result_line(result: dict[str, Any]) -> str:
              f"{result['reason']}", f"commands {result['command_hash'][:16]}"]
     if 'safe_stop' in result:
         parts.append(f"fault {result['fault']}: safe_stop {result['safe_stop']}, "
-                     f"time_to_safe {result['time_to_safe_ms']} ms, depth after "
+                     f"time_to_safe {result['time_to_safe_ms']} ms, stage stopped after "
+                     f"{result['time_to_stop_ms']} ms, depth after "
                      f"{result['depth_after_fault_mm']} mm")
     return ' | '.join(parts)
 

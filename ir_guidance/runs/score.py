@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 SAFE_PHASES = ('SAFE',)
+STILL_M_S = 1e-4  # the needle stage "stands still" below 0.1 mm/s (truth log, per tick)
 
 
 def load_truth(path: Path) -> dict[str, Any]:
@@ -80,7 +81,11 @@ def score(log: dict[str, Any], truth: dict[str, Any], wall_time_s: float,
 
 
 def _fault_metrics(log: dict[str, Any], truth: dict[str, Any], at: float) -> dict[str, Any]:
-    """Did the stack end safe, how fast, and how far did the needle go after the fault."""
+    """Did the stack end safe, how fast, and how far did the needle go after the fault.
+
+    ``time_to_stop_ms``: until the needle stage first stands still after the fault (a
+    hold stops it before the phase changes; 0 if it was not moving).
+    """
     safe_t = phase_time(log, 'SAFE')
     abort_t = phase_time(log, 'ABORT')
     reacted = min((t for t in (safe_t, abort_t) if t is not None and t >= at - 1e-9),
@@ -88,13 +93,18 @@ def _fault_metrics(log: dict[str, Any], truth: dict[str, Any], at: float) -> dic
     safe = log['phase'] in SAFE_PHASES
     out: dict[str, Any] = {'fault_at_s': None if math.isnan(at) else round(at, 4),
                            'safe_stop': bool(safe and not math.isnan(at)),
-                           'time_to_safe_ms': None, 'depth_after_fault_mm': None}
+                           'time_to_safe_ms': None, 'time_to_stop_ms': None,
+                           'depth_after_fault_mm': None}
     if math.isnan(at):
         return out
     if reacted is not None:
         out['time_to_safe_ms'] = round((reacted - at) * 1e3, 1)
     i = _at(truth, at)
     stage = truth['stage_m']
+    speed = np.abs(np.diff(stage[i:])) / np.maximum(np.diff(truth['t'][i:]), 1e-9)
+    still = np.flatnonzero(speed <= STILL_M_S)
+    if still.size:
+        out['time_to_stop_ms'] = round((float(truth['t'][i + still[0]]) - at) * 1e3, 1)
     out['depth_after_fault_mm'] = round(float(max(0.0, np.max(stage[i:], initial=stage[i])
                                                   - stage[i])) * 1e3, 3)
     return out
