@@ -86,7 +86,7 @@ class Controller:
 def lockstep(ros_context, executor):
     sim = SimNode(context=ros_context, parameter_overrides=[
         Parameter('mode', value='lockstep'), Parameter('us_hz', value=100.0),
-        Parameter('nir_hz', value=50.0)])
+        Parameter('nir_hz', value=50.0), Parameter('consumers', value='')])
     controller = Controller(ros_context)
     executor.add_node(sim)
     executor.add_node(controller.node)
@@ -206,7 +206,8 @@ def test_lockstep_runs_repeat_command_for_command(ros_context, executor):
     runs = []
     for attempt in range(2):
         sim = SimNode(context=ros_context, parameter_overrides=[
-            Parameter('mode', value='lockstep'), Parameter('sensors', value=False)])
+            Parameter('mode', value='lockstep'), Parameter('sensors', value=False),
+            Parameter('consumers', value='')])
         controller = Controller(ros_context, f'scripted_{attempt}')
         executor.add_node(sim)
         executor.add_node(controller.node)
@@ -239,6 +240,8 @@ def test_lockstep_runs_repeat_command_for_command(ros_context, executor):
 def test_first_tick_waits_for_the_named_consumers(ros_context, executor):
     """A consumer named in ``consumers`` gets the first frame: the sim does not tick
     before that node subscribes, however early the controller registers."""
+    stack = [item.split(':')[1].strip() for item in config.load()['sim']['consumers'].split(',')]
+    assert set(stack) <= set(OUTPUTS)  # the stack's consumers name streams the sim publishes
     sim = SimNode(context=ros_context, parameter_overrides=[
         Parameter('mode', value='lockstep'), Parameter('sensors', value=False),
         Parameter('consumers', value='late_consumer:ft_wrench')])

@@ -106,9 +106,10 @@ class SimNode(Node):
         self.declare_parameter('fault', '')
         self.declare_parameter('fault_delay_s', 0.3)
         # 'node:topic_key,...': lockstep consumers the first tick waits for by name.
-        self.declare_parameter('consumers', '')
-        self.consumers = [tuple(item.split(':', 1)) for item in
-                          str(self.get_parameter('consumers').value).split(',') if item]
+        self.declare_parameter('consumers', str(section['consumers']))
+        self.consumers = [tuple(item.strip().split(':', 1)) for item in
+                          str(self.get_parameter('consumers').value).split(',')
+                          if item.strip()]
         value = {p: self.get_parameter(p).value for p in (
             'phantom', 'seed', 'mode', 'physics_hz', 'us_hz', 'nir_hz', 'sensors',
             'lockstep_warn_s')}

@@ -31,11 +31,6 @@ from ir_guidance.runs import score
 STACK = ('ultrasound', 'nir', 'vessel_mapper', 'trajectory_planner', 'force_monitor',
          'arm_interface', 'controller', 'sim')
 TERMINAL = ('DONE', 'SAFE')
-# The simulator's streams each node must not miss a sample of (a lost early frame would
-# stall a lockstep run): the sim's first tick waits until these are matched by name.
-CONSUMERS = {'ultrasound': ('us_image',), 'nir': ('nir_image', 'nir_depth', 'nir_camera_info'),
-             'vessel_mapper': ('joint_states',), 'trajectory_planner': ('joint_states',),
-             'controller': ('lockstep_joint_states', 'ft_wrench')}
 KILL_DELAY_S = 0.3
 STARTUP_TIMEOUT_S = 120.0
 
@@ -62,9 +57,7 @@ def node_parameters(name: str, options: RunOptions, workdir: Path) -> dict[str, 
     if name == 'sim':
         params.update(mode='lockstep', seed=options.seed,
                       phantom=options.phantom or f'random:{options.seed}',
-                      truth_log=str(workdir / 'truth.npz'),
-                      consumers=','.join(f'{node}:{key}' for node, keys in CONSUMERS.items()
-                                         for key in keys))
+                      truth_log=str(workdir / 'truth.npz'))
         if options.fault and not options.fault.startswith('kill:'):
             params['fault'] = options.fault
     elif name == 'controller':
