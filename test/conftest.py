@@ -61,3 +61,21 @@ def spin_until(executor: object, predicate: Callable[[], bool],
 def spin_for(executor: object, seconds: float) -> None:
     """Spin ``executor`` for a fixed time (to show that something does *not* happen)."""
     spin_until(executor, lambda: False, timeout_s=seconds)
+
+
+@pytest.fixture(scope='module')
+def rig():
+    """The rig's 7-DoF pinocchio chain (arm + needle stage) from the URDF."""
+    from ir_guidance.rig_description import rig_chain
+
+    return rig_chain()
+
+
+@pytest.fixture(scope='module')
+def home():
+    """The robot's home joint positions (config ``robot.home``)."""
+    import numpy as np
+
+    from ir_guidance import config
+
+    return np.array(config.load()['robot']['home'], dtype=float)

@@ -11,21 +11,10 @@ from ir_guidance import config
 from ir_guidance.kinematics import SerialChain
 from ir_guidance.planning.insertion import InsertionPlan, needs_replan, plan_insertion
 from ir_guidance.planning.motion import MotionLimits, check_limits
-from ir_guidance.rig_description import rig_chain
 from ir_guidance.sim.phantom import Phantom
 
 STAGE = 6
 PARAMS = config.load()['planner']
-
-
-@pytest.fixture(scope='module')
-def rig() -> SerialChain:
-    return rig_chain()
-
-
-@pytest.fixture(scope='module')
-def home() -> np.ndarray:
-    return np.array(config.load()['robot']['home'], dtype=float)
 
 
 @pytest.fixture(scope='module')

@@ -36,11 +36,6 @@ def order() -> list[str]:
     return config.joint_names()
 
 
-@pytest.fixture(scope='module')
-def home() -> np.ndarray:
-    return np.array(config.load()['robot']['home'], dtype=float)
-
-
 @pytest.fixture
 def guards(chain, order):
     return make_guards(chain, SECTION, order)

@@ -46,16 +46,6 @@ def find_panda_urdf() -> Path | None:
 # -- fixtures ------------------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
-def rig() -> SerialChain:
-    return rig_chain()
-
-
-@pytest.fixture(scope='module')
-def home() -> np.ndarray:
-    return np.array(config.load()['robot']['home'], dtype=float)
-
-
-@pytest.fixture(scope='module')
 def panda() -> SerialChain:
     path = find_panda_urdf()
     if path is None:

@@ -17,20 +17,9 @@ from ir_guidance.planning.motion import (
     joint_move,
 )
 from ir_guidance.planning.scan import sweep_poses
-from ir_guidance.rig_description import rig_chain
 
 STAGE = 'needle_insertion_joint'
 DT = 0.01
-
-
-@pytest.fixture(scope='module')
-def rig() -> SerialChain:
-    return rig_chain()
-
-
-@pytest.fixture(scope='module')
-def home() -> np.ndarray:
-    return np.array(config.load()['robot']['home'], dtype=float)
 
 
 @pytest.fixture(scope='module')

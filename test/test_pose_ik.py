@@ -6,21 +6,9 @@ import numpy as np
 import pinocchio as pin
 import pytest
 
-from ir_guidance import config
 from ir_guidance.kinematics import PoseIk, SerialChain, UnreachableError
-from ir_guidance.rig_description import rig_chain
 
 STAGE = 'needle_insertion_joint'
-
-
-@pytest.fixture(scope='module')
-def rig() -> SerialChain:
-    return rig_chain()
-
-
-@pytest.fixture(scope='module')
-def home() -> np.ndarray:
-    return np.array(config.load()['robot']['home'], dtype=float)
 
 
 def rotation_error(a: np.ndarray, b: np.ndarray) -> float:
