@@ -53,6 +53,23 @@ def joint_names() -> list[str]:
     return [*robot['arm_joints'], robot['stage_joint']]
 
 
+# The stack's nodes (but the simulator) in start order, with the config section each takes.
+STACK_SECTIONS = {'arm_interface': 'arm_interface', 'ultrasound': 'ultrasound', 'nir': 'nir',
+                  'vessel_mapper': 'vessel_mapper', 'trajectory_planner': 'planner',
+                  'force_monitor': 'force_monitor', 'controller': 'controller'}
+
+
+def stack_parameters(cfg: dict[str, Any], common: dict[str, Any],
+                     per_node: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(node name, ROS parameters) of every stack node, for the launch files.
+
+    Each node gets its config section (``flat_parameters``), then ``common``, then its own
+    overrides from ``per_node``: the rig, sim and Gazebo launches differ only there.
+    """
+    return [(name, flat_parameters(cfg[section], **{**common, **per_node.get(name, {})}))
+            for name, section in STACK_SECTIONS.items()]
+
+
 def flat_parameters(section: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     """A config section as ROS parameters: nested mappings become ``key.subkey`` names.
 

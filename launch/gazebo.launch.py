@@ -27,7 +27,7 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 from ir_guidance import config as ir_config
-from ir_guidance.config import flat_parameters as flat
+from ir_guidance.config import stack_parameters
 
 # arm_interface's command_interface -> the controller that takes its commands.
 CONTROLLERS = {
@@ -62,11 +62,6 @@ def generate_launch_description():
     command_interface = LaunchConfiguration('command_interface')
 
     stack = {'use_sim_time': True, 'lockstep': False}
-    # robot_state_publisher below publishes every frame: a second broadcaster would clash.
-    params = flat(config['arm_interface'], command_interface=command_interface)
-    params['publish_tf'] = False
-    params['use_sim_time'] = True
-
     spawn_robot = Node(package='ros_gz_sim', executable='create', output='screen',
                        arguments=['-topic', 'robot_description', '-name', 'ir_guidance_rig'])
     joint_state_broadcaster = _spawner('joint_state_broadcaster', controllers_yaml)
@@ -104,18 +99,10 @@ def generate_launch_description():
                                            on_exit=[joint_state_broadcaster])),
         RegisterEventHandler(OnProcessExit(target_action=joint_state_broadcaster,
                                            on_exit=controllers)),
-        Node(package='ir_guidance', executable='arm_interface', name='arm_interface',
-             parameters=[params], output='screen'),
-        Node(package='ir_guidance', executable='ultrasound', name='ultrasound',
-             parameters=[flat(config['ultrasound'], source='topic', **stack)], output='screen'),
-        Node(package='ir_guidance', executable='nir', name='nir',
-             parameters=[flat(config['nir'], source='topic', **stack)], output='screen'),
-        Node(package='ir_guidance', executable='vessel_mapper', name='vessel_mapper',
-             parameters=[flat(config['vessel_mapper'], **stack)], output='screen'),
-        Node(package='ir_guidance', executable='trajectory_planner', name='trajectory_planner',
-             parameters=[flat(config['planner'], **stack)], output='screen'),
-        Node(package='ir_guidance', executable='force_monitor', name='force_monitor',
-             parameters=[flat(config['force_monitor'], **stack)], output='screen'),
-        Node(package='ir_guidance', executable='controller', name='controller',
-             parameters=[flat(config['controller'], **stack)], output='screen'),
+        *(Node(package='ir_guidance', executable=name, name=name, parameters=[params],
+               output='screen')
+          for name, params in stack_parameters(config, stack, {
+              # robot_state_publisher publishes every frame: a second broadcaster would clash
+              'arm_interface': {'command_interface': command_interface, 'publish_tf': False},
+              'ultrasound': {'source': 'topic'}, 'nir': {'source': 'topic'}})),
     ])

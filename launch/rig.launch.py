@@ -40,7 +40,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from ir_guidance import config as ir_config
-from ir_guidance.config import flat_parameters as flat
+from ir_guidance.config import stack_parameters
 
 # arm_interface's command_interface -> the ur_robot_driver controller that takes its commands.
 UR_CONTROLLERS = {
@@ -91,29 +91,19 @@ def generate_launch_description():
                 [repr(UR_CONTROLLERS), "['", command_interface, "']"]),
         }.items())
 
-    arm = flat(config['arm_interface'], command_interface=command_interface,
-               # one broadcaster per frame: ours only when robot_state_publisher is off
-               publish_tf=ParameterValue(NotSubstitution(rig_description), value_type=bool))
+    stack = stack_parameters(config, {'lockstep': False}, {
+        'arm_interface': {
+            'command_interface': command_interface,
+            # one broadcaster per frame: ours only when robot_state_publisher is off
+            'publish_tf': ParameterValue(NotSubstitution(rig_description), value_type=bool)},
+        'ultrasound': {'source': LaunchConfiguration('us_source')},
+        'nir': {'source': LaunchConfiguration('nir_source')}})
     nodes = [
         Node(package='robot_state_publisher', executable='robot_state_publisher',
              condition=IfCondition(rig_description),
              parameters=[{'robot_description': ParameterValue(
                  Command(['xacro ', xacro_file]), value_type=str)}]),
-        Node(package='ir_guidance', executable='arm_interface', name='arm_interface',
-             parameters=[arm], output='screen'),
-        Node(package='ir_guidance', executable='ultrasound', name='ultrasound',
-             parameters=[flat(config['ultrasound'], source=LaunchConfiguration('us_source'),
-                              lockstep=False)], output='screen'),
-        Node(package='ir_guidance', executable='nir', name='nir',
-             parameters=[flat(config['nir'], source=LaunchConfiguration('nir_source'),
-                              lockstep=False)], output='screen'),
-        Node(package='ir_guidance', executable='vessel_mapper', name='vessel_mapper',
-             parameters=[flat(config['vessel_mapper'], lockstep=False)], output='screen'),
-        Node(package='ir_guidance', executable='trajectory_planner', name='trajectory_planner',
-             parameters=[flat(config['planner'], lockstep=False)], output='screen'),
-        Node(package='ir_guidance', executable='force_monitor', name='force_monitor',
-             parameters=[flat(config['force_monitor'], lockstep=False)], output='screen'),
-        Node(package='ir_guidance', executable='controller', name='controller',
-             parameters=[flat(config['controller'], lockstep=False)], output='screen'),
+        *(Node(package='ir_guidance', executable=name, name=name, parameters=[params],
+               output='screen') for name, params in stack),
     ]
     return LaunchDescription([*arguments, ur_control, *nodes])

@@ -23,6 +23,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 
 from ir_guidance import config as ir_config
 from ir_guidance.config import flat_parameters as flat
+from ir_guidance.config import stack_parameters
 
 
 def generate_launch_description():
@@ -52,19 +53,9 @@ def generate_launch_description():
         Node(package='robot_state_publisher', executable='robot_state_publisher',
              parameters=[{'robot_description': ParameterValue(
                  Command(['xacro ', xacro_file]), value_type=str), 'use_sim_time': True}]),
-        Node(package='ir_guidance', executable='arm_interface', name='arm_interface',
-             parameters=[flat(config['arm_interface'], publish_tf=False, **stack)],
-             output='screen'),
-        Node(package='ir_guidance', executable='ultrasound', name='ultrasound',
-             parameters=[flat(config['ultrasound'], source='topic', **stack)], output='screen'),
-        Node(package='ir_guidance', executable='nir', name='nir',
-             parameters=[flat(config['nir'], source='topic', **stack)], output='screen'),
-        Node(package='ir_guidance', executable='vessel_mapper', name='vessel_mapper',
-             parameters=[flat(config['vessel_mapper'], **stack)], output='screen'),
-        Node(package='ir_guidance', executable='trajectory_planner', name='trajectory_planner',
-             parameters=[flat(config['planner'], **stack)], output='screen'),
-        Node(package='ir_guidance', executable='force_monitor', name='force_monitor',
-             parameters=[flat(config['force_monitor'], **stack)], output='screen'),
-        Node(package='ir_guidance', executable='controller', name='controller',
-             parameters=[flat(config['controller'], **stack)], output='screen'),
+        *(Node(package='ir_guidance', executable=name, name=name, parameters=[params],
+               output='screen')
+          for name, params in stack_parameters(config, stack, {
+              'arm_interface': {'publish_tf': False},
+              'ultrasound': {'source': 'topic'}, 'nir': {'source': 'topic'}})),
     ])

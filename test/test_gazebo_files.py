@@ -531,14 +531,22 @@ def test_launch_file_wires_the_gazebo_files():
         assert any(arg in s for s in strings), arg
 
 
+def _names(tree: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+
 def test_launch_file_starts_the_gazebo_stack():
     tree = ast.parse(LAUNCH.read_text(encoding='utf-8'))
     started = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, 'id', '') == 'Node':
             kwargs = {k.arg: k.value for k in node.keywords}
-            started.add((ast.literal_eval(kwargs['package']),
-                         ast.literal_eval(kwargs['executable'])))
+            package = ast.literal_eval(kwargs['package'])
+            if isinstance(kwargs['executable'], ast.Name):  # one Node per stack node
+                assert package == 'ir_guidance' and 'stack_parameters' in _names(tree)
+                started.update((package, name) for name in config.STACK_SECTIONS)
+            else:
+                started.add((package, ast.literal_eval(kwargs['executable'])))
     assert started == {
         ('robot_state_publisher', 'robot_state_publisher'),
         ('ros_gz_sim', 'create'),
