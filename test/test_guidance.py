@@ -1,9 +1,10 @@
 """The guidance state machine on synthetic inputs (no ROS, no simulator).
 
-A tiny "plant" stands in for the rig: joints follow the command exactly, and the F/T
-feels a 1 N/mm skin under the probe. That is enough to drive SCAN and MAP (touch-down,
-sweep, the map request) and to hand PLAN synthetic answers, and to check every safety
-reaction: bad or stale inputs, e-stop, abort, force limits, refused commands.
+A tiny "plant" (``ir_guidance.bench.plant.Plant``, here without a vein: no US frames)
+stands in for the rig: joints follow the command exactly, and the F/T feels a 1 N/mm
+skin under the probe. That is enough to drive SCAN and MAP (touch-down, sweep, the map
+request) and to hand PLAN synthetic answers, and to check every safety reaction: bad or
+stale inputs, e-stop, abort, force limits, refused commands.
 """
 
 from __future__ import annotations
@@ -14,50 +15,13 @@ import numpy as np
 import pytest
 
 from ir_guidance import config, rig_description
-from ir_guidance.control.guidance import Guidance, Inputs, Phase, PlanAnswer
+from ir_guidance.bench.plant import SKIN_Z, Plant
+from ir_guidance.control.guidance import Phase, PlanAnswer
 from ir_guidance.planning.motion import JointTrajectory
 
-SKIN_Z = 0.27
-STIFFNESS = 1000.0  # N/m
 FRAMES = config.load()['frames']
 CHAIN = rig_description.rig_chain()
 HOME = np.array(config.load()['robot']['home'], dtype=float)
-
-
-def plant_wrench(q: np.ndarray) -> np.ndarray:
-    """F/T reading (sensor frame) of a probe pressed into a flat skin at SKIN_Z."""
-    probe = CHAIN.fk(q, FRAMES['us_image'])
-    push = max(0.0, SKIN_Z - probe[2, 3]) * STIFFNESS
-    rotation = CHAIN.fk(q, FRAMES['ft_sensor'])[:3, :3]
-    return np.concatenate((rotation.T @ np.array([0.0, 0.0, push]), np.zeros(3)))
-
-
-class Plant:
-    """Runs a Guidance against the plant; records every output."""
-
-    def __init__(self) -> None:
-        self.g = Guidance()
-        self.q = HOME.copy()
-        self.t = 0.0
-        self.outputs = []
-
-    def tick(self, **overrides) -> object:
-        self.t = round(self.t + self.g.dt, 9)
-        inputs = dict(time_s=self.t, joints=self.q.copy(), joints_stamp_s=self.t,
-                      wrench=plant_wrench(self.q), wrench_stamp_s=self.t, start=True)
-        inputs.update(overrides)
-        out = self.g.update(Inputs(**inputs))
-        self.outputs.append(out)
-        self.q = out.command.copy()
-        return out
-
-    def run_until(self, predicate, max_ticks: int = 20000) -> object:
-        for _ in range(max_ticks):
-            out = self.tick()
-            if predicate(out):
-                return out
-        raise AssertionError(f'not reached in {max_ticks} ticks: {self.g.phase} '
-                             f'{self.g.reason}')
 
 
 @pytest.fixture(scope='module')
@@ -181,6 +145,6 @@ def test_force_over_limit_aborts():
         plant.tick()
     axis = plant.g.force.needle_axis
     spike = np.concatenate((axis * 30.0, np.zeros(3)))
-    phases = [plant.tick(wrench=plant_wrench(plant.q) + spike).phase for _ in range(20)]
+    phases = [plant.tick(wrench=plant.wrench() + spike).phase for _ in range(20)]
     assert Phase.SAFE in phases or Phase.ABORT in phases
     assert 'limit' in plant.g.reason

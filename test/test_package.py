@@ -98,11 +98,16 @@ def test_launch_file_starts_known_executables_with_config(launch_file):
         if isinstance(node, ast.Call) and getattr(node.func, 'id', '') == 'Node':
             kwargs = {k.arg: k.value for k in node.keywords}
             package = ast.literal_eval(kwargs['package'])
-            executable = ast.literal_eval(kwargs['executable'])
+            if isinstance(kwargs['executable'], ast.Name):
+                # the stack's nodes, one Node each from config.stack_parameters
+                assert package == 'ir_guidance' and 'stack_parameters(' in source
+                names = set(config.STACK_SECTIONS)
+            else:
+                names = {ast.literal_eval(kwargs['executable'])}
             if package == 'ir_guidance':
-                assert executable in NODES, executable
-                assert 'parameters' in kwargs, f'{executable} gets no parameters'
-            executables.add(executable)
+                assert names <= set(NODES), names
+                assert 'parameters' in kwargs, f'{names} get no parameters'
+            executables |= names
     assert executables, 'launch file starts no node'
     assert "'config', 'ir_guidance.yaml'" in source  # parameters come from config/
 

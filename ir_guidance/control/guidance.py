@@ -638,3 +638,14 @@ class Guidance:
         if ended:
             self._enter(Phase.DONE, self.reason, t)
         return cmd
+
+
+def warm_up() -> bool:
+    """Build a worker process's kinematics once, before its first real job.
+
+    Submitted first to the worker that runs :meth:`Guidance._job` work off the control
+    thread (the controller node on hardware, ``bench.control``), so the first sweep line
+    does not pay for building the chain and the IK.
+    """
+    _probe_kit()
+    return True

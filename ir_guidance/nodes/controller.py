@@ -44,6 +44,7 @@ from ir_guidance.control.guidance import (
     PlanAnswer,
     Section,
     UsFrame,
+    warm_up,
 )
 from ir_guidance.lockstep import StreamBarrier, tick_key
 from ir_guidance.nodes import runner
@@ -67,14 +68,6 @@ def trajectory_from_msg(msg: Any) -> JointTrajectory:
     velocities = np.array([list(p.velocities) if len(p.velocities) else
                            [0.0] * len(msg.joint_names) for p in msg.points], dtype=float)
     return JointTrajectory(tuple(msg.joint_names), times, positions, velocities)
-
-
-def warm_up() -> bool:
-    """Build the worker's kinematics once, before the first real job."""
-    from ir_guidance.control.guidance import _probe_kit
-
-    _probe_kit()
-    return True
 
 
 def _plain(value: Any) -> Any:
