@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections import deque
@@ -359,13 +360,14 @@ class ControllerNode(Node):
             header.stamp = self._stamp(out.map_request_s)
             header.frame_id = config.load()['frames']['base']
             self._pub['vessel_map_request'].publish(header)
+        if out.phase in TERMINAL and not self._finished:
+            # Before the state goes out: whoever waits for DONE/SAFE may stop us at once.
+            self.write_log()
+            self._finished = True
         text = f'{out.phase} t={inputs.time_s:.3f}: {out.reason}'
         if out.phase != self._last_state.split(' ')[0] or out.events:
             self._publish_state(text if not out.events else f'{text} | {"; ".join(out.events)}')
             self._last_state = text
-        if out.phase in TERMINAL and not self._finished:
-            self._finished = True
-            self.write_log()
         return out
 
     def _publish_state(self, text: str) -> None:
@@ -392,7 +394,11 @@ class ControllerNode(Node):
                 'command_hash': self.command_hash, 'commands': self._commands,
                 'phases': g.trace.phases, 'events': g.trace.events,
                 'insertion': g.trace.insertion, 'plan': g.trace.plan}
-        Path(self.log_path).write_text(json.dumps(data, default=_plain), encoding='utf-8')
+        # Atomic: a reader (or a stop in the middle) never sees half a log.
+        path = Path(self.log_path)
+        partial = path.with_name(path.name + '.partial')
+        partial.write_text(json.dumps(data, default=_plain), encoding='utf-8')
+        os.replace(partial, path)
 
     def destroy_node(self) -> None:
         if not self.lockstep:

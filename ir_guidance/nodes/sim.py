@@ -384,9 +384,12 @@ class SimNode(Node):
     # -- publishing -----------------------------------------------------------------------
     def _publish_tick(self, out: TickOutput | None) -> None:
         stamp = stamp_msg(self.sim.time_s)
-        clock = message_class('rosgraph_msgs/msg/Clock')()
-        clock.clock = stamp
-        self._pub['clock'].publish(clock)
+        # Only for listeners (use_sim_time nodes, a recorder): in a lockstep run no node
+        # follows /clock, and a publish per tick is a tenth of the sim's own time.
+        if self._pub['clock'].get_subscription_count():
+            clock = message_class('rosgraph_msgs/msg/Clock')()
+            clock.clock = stamp
+            self._pub['clock'].publish(clock)
         if out is None:
             return
         fault = self.fault if self._fault_active() else ''

@@ -204,10 +204,12 @@ def _run_processes(options: RunOptions, workdir: Path, domain_id: int) -> float 
             procs[name] = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
         nodes = stack(options)
-        for name in nodes[:-1]:
+        # The stack's consumers are named to the simulator (config sim.consumers): its
+        # first tick waits for them, so it starts with them. A recorder or live view is
+        # not named: then the simulator starts once every node is in the graph.
+        early = nodes if nodes == STACK else nodes[:-1]
+        for name in early:
             start(name)
-        # The simulator starts last, once every node is in the graph: a lockstep run must
-        # not publish a frame before its consumers listen.
         up_by = time.monotonic() + STARTUP_TIMEOUT_S
         while not set(nodes[:-1]) <= set(watcher.node.get_node_names()):
             watcher.spin(0.1)
@@ -218,7 +220,8 @@ def _run_processes(options: RunOptions, workdir: Path, domain_id: int) -> float 
                 missing = set(nodes[:-1]) - set(watcher.node.get_node_names())
                 raise TimeoutError(f'nodes {sorted(missing)} not up within '
                                    f'{STARTUP_TIMEOUT_S:.0f} s (see their logs in {workdir})')
-        start(nodes[-1])
+        if nodes[-1] not in procs:
+            start(nodes[-1])
         _log(options, f'started {len(procs)} processes (ROS_DOMAIN_ID={domain_id}); '
                       f'logs in {workdir}')
         deadline = time.monotonic() + options.timeout_s
