@@ -70,8 +70,6 @@ from ir_guidance.control.guidance import (
 )
 from ir_guidance.control.rate import FixedRateLoop, percentiles_us, period_errors_ns
 
-# SCHED_FIFO priority asked for the loop thread (ros2_control's controller_manager uses 50).
-RT_PRIORITY = 50
 WARM_UP_TICKS = 200  # ticks run before each timed run (caches, pinocchio data)
 
 
@@ -290,10 +288,9 @@ def _guidance_run(timed: Callable[[Callable[[float], Any]], dict[str, Any]],
 
 
 def run(seconds: float = 30.0, rate_hz: float = 1000.0,
-        update: Callable[[float], Any] | None = None, *, busy_wait_s: float = 2e-4,
-        realtime_priority: int | None = RT_PRIORITY, cpu: int | None = None,
-        gc_freeze: bool = True, baseline: bool = True,
-        baseline_realtime: bool = False) -> dict[str, Any]:
+        update: Callable[[float], Any] | None = None, *, cpu: int | None = None,
+        baseline: bool = True, baseline_realtime: bool = False,
+        **loop_settings: Any) -> dict[str, Any]:
     """Run the loop, then the rclpy timer baseline, each for ``seconds``; flat results.
 
     ``update``: the tick's work. None (the default): the guidance controller
@@ -301,13 +298,22 @@ def run(seconds: float = 30.0, rate_hz: float = 1000.0,
     ``WARM_UP_TICKS`` ticks and then reset to IDLE; the results then carry ``phases``,
     ``cycles``, ``jobs`` and ``guidance_update_us_*`` of the loop run and the same with an
     ``rclpy_`` prefix for the baseline. A callable given here is called by both runs
-    (warmed once; those keys are then absent). The keyword arguments are the loop's knobs
-    (see ``FixedRateLoop``); ``baseline=False`` skips the rclpy run (its keys are then
-    NaN); ``baseline_realtime=True`` spins the rclpy timer under SCHED_FIFO as well (an
+    (warmed once; those keys are then absent). The loop is built as the controller node
+    builds it, from config ``controller.loop`` (``realtime_priority``, ``busy_wait_s``,
+    ``gc_freeze``); ``loop_settings`` override those, ``cpu`` pins it (see
+    ``FixedRateLoop``). ``baseline=False`` skips the rclpy run (its keys are then NaN);
+    ``baseline_realtime=True`` spins the rclpy timer under SCHED_FIFO as well (an
     ablation: how much of the gain is priority alone).
     """
     if not (np.isfinite(seconds) and seconds > 0):
         raise ValueError(f'seconds must be a positive finite number, got {seconds!r}')
+    settings = dict(config.load()['controller']['loop'])
+    unknown = set(loop_settings) - set(settings)
+    if unknown:
+        raise TypeError(f'unknown loop settings {sorted(unknown)}; known: {sorted(settings)}')
+    settings.update(loop_settings)
+    busy_wait_s, gc_freeze = float(settings['busy_wait_s']), bool(settings['gc_freeze'])
+    realtime_priority = settings['realtime_priority']
     nan = float('nan')
 
     def loop(work: Callable[[float], Any]) -> dict[str, Any]:

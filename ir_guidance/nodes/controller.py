@@ -154,10 +154,24 @@ class ControllerNode(Node):
         else:
             from ir_guidance.control.rate import FixedRateLoop
 
-            self._loop = FixedRateLoop(float(cfg['controller']['rate_hz']), self._realtime_tick)
+            self._loop = FixedRateLoop(float(cfg['controller']['rate_hz']), self._realtime_tick,
+                                       **cfg['controller']['loop'])
             self._thread = threading.Thread(target=self._loop.run, daemon=True)
             self._thread.start()
+            self._loop_report = self.create_timer(1.0, self._report_loop)
         self.get_logger().info(f'controller up ({"lockstep" if self.lockstep else "realtime"})')
+
+    def _report_loop(self) -> None:
+        """Say once what the real-time loop was granted (SCHED_FIFO decides its jitter)."""
+        self._loop_report.cancel()
+        stats = self._loop.stats()
+        if stats['rt_scheduling']:
+            self.get_logger().info(f"control loop: SCHED_FIFO {self._loop.realtime_priority}, "
+                                   f"timer slack {stats['timer_slack_ns']} ns")
+        else:
+            why = stats.get('rt_scheduling_refused', 'not asked for (controller.loop)')
+            self.get_logger().warning(f'control loop without SCHED_FIFO: {why}; expect '
+                                      'millisecond jitter (docs/control_timing.md)')
 
     # -- inputs -------------------------------------------------------------------------
     def _on_joints(self, msg: Any) -> None:
