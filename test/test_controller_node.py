@@ -65,7 +65,7 @@ def realtime(ros_context, executor):
 
 def test_realtime_loop_holds_in_idle_then_goes_safe_when_joint_states_stop(realtime,
                                                                            executor):
-    controller, arm = realtime
+    _, arm = realtime
     assert spin_until(executor, lambda: len(arm.commands) >= 300, timeout_s=20)
     assert list(arm.commands[0].name) == config.joint_names()
     held = np.array([m.position for m in arm.commands])
