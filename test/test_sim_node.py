@@ -280,3 +280,22 @@ def test_bad_lockstep_parameters_stop_the_node(ros_context, overrides, message):
     params += [Parameter(k, value=v) for k, v in overrides.items()]
     with pytest.raises(ValueError, match=message):
         SimNode(context=ros_context, parameter_overrides=params)
+
+
+def test_settled_is_said_settle_after_s_of_sim_time_after_done_or_safe(lockstep, executor):
+    """The run's scorer needs the arm at rest: SETTLED comes settle_after_s of sim time
+    after the controller's DONE/SAFE (its own stamp in the state, not arrival time)."""
+    sim, controller = lockstep
+    settle = config.load()['sim']['settle_after_s']
+    state = controller.node.create_publisher(
+        message_class('std_msgs/msg/String'), config.topic('guidance_state')['name'],
+        qos_profile(config.topic('guidance_state')['qos']))
+    controller.register()
+    assert spin_until(executor, lambda: sim.sim.tick >= 100, timeout_s=20)
+    assert not any(s.startswith('SETTLED') for s in controller.statuses())
+    state.publish(message_class('std_msgs/msg/String')(data='SAFE t=0.050: test'))
+    assert spin_until(executor, lambda: any(
+        s.startswith('SETTLED') for s in controller.statuses()), timeout_s=30)
+    assert sim.sim.time_s >= 0.05 + settle - 1e-9
+    said = [s for s in controller.statuses() if s.startswith('SETTLED')]
+    assert said == [f'SETTLED: {settle:g} s after SAFE at t=0.050 s']

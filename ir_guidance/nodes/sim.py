@@ -138,6 +138,10 @@ class SimNode(Node):
         self.fault = str(self.get_parameter('fault').value)
         self.fault_delay_s = float(self.get_parameter('fault_delay_s').value)
         self.fault_at_s = self._parse_fault(self.fault)
+        self.declare_parameter('settle_after_s', float(section['settle_after_s']))
+        self.settle_after_s = float(self.get_parameter('settle_after_s').value)
+        self._terminal: tuple[str, float] | None = None  # the controller's DONE/SAFE, time
+        self._settled = False
         self._fault_started = False
         self._stale_wrench: Any = None
         self._stop_frame: tuple | None = None
@@ -197,6 +201,8 @@ class SimNode(Node):
             self._stop_frame = ()  # keep the next US frame: the report shows it
         if match and match.group(1) == 'INSERT' and self.fault and self.fault_at_s is None:
             self.fault_at_s = float(match.group(2)) + self.fault_delay_s
+        if match and match.group(1) in ('DONE', 'SAFE') and self._terminal is None:
+            self._terminal = (match.group(1), float(match.group(2)))
 
     def _fault_active(self) -> bool:
         if self.fault_at_s is None or self.sim.time_s + 1e-9 < self.fault_at_s:
@@ -431,6 +437,13 @@ class SimNode(Node):
             self._pub['nir_depth'].publish(
                 image_msg(out.depth_image, '16UC1', frame, captured))
         self._publish_truth(out, stamp)
+        if self._terminal and not self._settled and \
+                self.sim.time_s + 1e-9 >= self._terminal[1] + self.settle_after_s:
+            # The arm has had time to stop where it was sent: the truth log holds where
+            # the needle really ended, not where it was at the moment of the verdict.
+            self._settled = True
+            self._status(f'SETTLED: {self.settle_after_s:g} s after {self._terminal[0]} at '
+                         f't={self._terminal[1]:.3f} s')
 
     def _needle_axis_in_sensor(self) -> np.ndarray:
         """The needle axis in the F/T frame (the tool is rigid: from the current pose)."""

@@ -2,8 +2,8 @@
 
 Starts the simulator in lockstep and every node of the stack from ``config/`` (one
 process each, like ``sim.launch.py`` on a full install, or all in this process with
-``single_process``), waits until the controller reaches DONE or SAFE, stops them
-cleanly (the simulator writes its ground truth, the controller its trace), and scores
+``single_process``), waits until the controller reaches DONE or SAFE and the simulator
+has run ``sim.settle_after_s`` past it (the arm has stopped), stops them cleanly (the simulator writes its ground truth, the controller its trace), and scores
 the run (:mod:`ir_guidance.runs.score`). DDS stays on loopback on a domain id no other
 process here is using. Faults for safety tests: the simulator injects sensor faults
 (``nodes/sim.py`` FAULTS); ``kill:<node>`` is done here, to the node's process.
@@ -32,6 +32,7 @@ STACK = ('ultrasound', 'nir', 'vessel_mapper', 'trajectory_planner', 'force_moni
          'arm_interface', 'controller', 'sim')
 TERMINAL = ('DONE', 'SAFE')
 KILL_DELAY_S = 0.3
+SETTLE_TIMEOUT_S = 30.0
 STARTUP_TIMEOUT_S = 120.0
 
 
@@ -113,10 +114,13 @@ class _Watcher:
         self.executor = executor
         self.executor.add_node(self.node)
         self.states: list[str] = []
+        self.sim_statuses: list[str] = []
         self.sim_time = 0.0
         self.centerlines: Any = None
         self.maps: dict[tuple[int, int], Any] = {}
         contract_subscription(self.node, 'guidance_state', self._on_state, lockstep=True)
+        contract_subscription(self.node, 'sim_status',
+                              lambda msg: self.sim_statuses.append(msg.data))
         contract_subscription(self.node, 'vessel_map_centerlines', self._on_map, lockstep=True)
         if want_clock:
             spec = config.topic('clock')
@@ -149,6 +153,20 @@ class _Watcher:
 
     def phase(self) -> str:
         return self.states[-1].split(' ')[0] if self.states else ''
+
+    def settled(self) -> bool:
+        """The simulator ran ``sim.settle_after_s`` past DONE/SAFE (the arm has stopped)."""
+        return any(text.startswith('SETTLED') for text in self.sim_statuses)
+
+    def wait_settled(self, spin: Any, options: RunOptions) -> None:
+        """Spin (``spin(seconds)``) until the sim says SETTLED, for at most SETTLE_TIMEOUT_S."""
+        until = time.monotonic() + SETTLE_TIMEOUT_S
+        while not self.settled():
+            if time.monotonic() > until:
+                _log(options, f'  the simulator did not report SETTLED within '
+                              f'{SETTLE_TIMEOUT_S:.0f} s: the truth log ends earlier')
+                return
+            spin(0.05)
 
     def spin(self, seconds: float) -> None:
         self.executor.spin_once(timeout_sec=seconds)
@@ -245,7 +263,7 @@ def _run_processes(options: RunOptions, workdir: Path, domain_id: int) -> float 
             if time.monotonic() > deadline:
                 raise TimeoutError(f'no DONE/SAFE within {options.timeout_s:.0f} s; last '
                                    f'state: {watcher.states[-1:] or "none"}')
-        watcher.spin(0.1)
+        watcher.wait_settled(watcher.spin, options)
         watcher.save_map(workdir / 'map.npz', _plan_stamp(workdir))
     finally:
         for proc in procs.values():
@@ -295,6 +313,7 @@ def _run_single(options: RunOptions, workdir: Path, domain_id: int) -> float | N
             seen = len(watcher.states)
             if time.monotonic() > deadline:
                 raise TimeoutError(f'no DONE/SAFE within {options.timeout_s:.0f} s')
+        watcher.wait_settled(lambda seconds: executor.spin_once(timeout_sec=seconds), options)
         watcher.save_map(workdir / 'map.npz', _plan_stamp(workdir))
     finally:
         watcher.close()
