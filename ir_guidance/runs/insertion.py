@@ -3,8 +3,9 @@
 Starts the simulator in lockstep and every node of the stack from ``config/`` (one
 process each, like ``sim.launch.py`` on a full install, or all in this process with
 ``single_process``), waits until the controller reaches DONE or SAFE and the simulator
-has run ``sim.settle_after_s`` past it (the arm has stopped), stops them cleanly (the simulator writes its ground truth, the controller its trace), and scores
-the run (:mod:`ir_guidance.runs.score`). DDS stays on loopback on a domain id no other
+has run ``sim.settle_after_s`` past it (the arm has stopped), stops them cleanly (the
+simulator writes its ground truth, the controller its trace), and scores the run
+(:mod:`ir_guidance.runs.score`). DDS stays on loopback on a domain id no other
 process here is using. Faults for safety tests: the simulator injects sensor faults
 (``nodes/sim.py`` FAULTS); ``kill:<node>`` is done here, to the node's process.
 """

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ir_guidance import config
+
 SAFE_PHASES = ('SAFE',)
 STILL_M_S = 1e-4  # the needle stage "stands still" below 0.1 mm/s (truth log, per tick)
 
@@ -88,7 +90,11 @@ def _fault_metrics(log: dict[str, Any], truth: dict[str, Any], at: float) -> dic
     """
     safe_t = phase_time(log, 'SAFE')
     abort_t = phase_time(log, 'ABORT')
-    reacted = min((t for t in (safe_t, abort_t) if t is not None and t >= at - 1e-9),
+    # The controller's ticks run up to lockstep_delay_ticks behind the simulator's clock,
+    # which times a kill: a reaction on a tick from before the kill counts as at once.
+    sim = config.load()['sim']
+    lag = sim['lockstep_delay_ticks'] / sim['physics_hz']
+    reacted = min((t for t in (safe_t, abort_t) if t is not None and t >= at - lag - 1e-9),
                   default=None)
     safe = log['phase'] in SAFE_PHASES
     out: dict[str, Any] = {'fault_at_s': None if math.isnan(at) else round(at, 4),
@@ -98,7 +104,7 @@ def _fault_metrics(log: dict[str, Any], truth: dict[str, Any], at: float) -> dic
     if math.isnan(at):
         return out
     if reacted is not None:
-        out['time_to_safe_ms'] = round((reacted - at) * 1e3, 1)
+        out['time_to_safe_ms'] = round(max(0.0, reacted - at) * 1e3, 1)
     i = _at(truth, at)
     stage = truth['stage_m']
     speed = np.abs(np.diff(stage[i:])) / np.maximum(np.diff(truth['t'][i:]), 1e-9)
