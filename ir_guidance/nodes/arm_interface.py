@@ -205,9 +205,14 @@ class ArmInterface(Node):
             self._publish_poses(positions, msg.header.stamp)
 
     def _publish_poses(self, positions: np.ndarray, stamp: Time) -> None:
+        # Only the poses someone looks at (or TF carries): FK and messages cost at 100 Hz.
+        wanted = [output for output in self._pose_outputs
+                  if self._tf is not None or output[0].get_subscription_count()]
+        if not wanted:
+            return
         poses = self.chain.fk_all(positions, self.pose_frames)
         transforms = []
-        for publisher, msg_class, frame in self._pose_outputs:
+        for publisher, msg_class, frame in wanted:
             msg = msg_class()
             msg.header.stamp = stamp
             msg.header.frame_id = self.base_frame

@@ -149,13 +149,14 @@ class ForceMonitorNode(Node):
             return
         self._samples += 1
         self._recent.append((wrench, rotation))
-        out = self._wrench_cls()
-        out.header.stamp = msg.header.stamp
-        out.header.frame_id = self.frame
-        w = sample.wrench.tolist()
-        (out.wrench.force.x, out.wrench.force.y, out.wrench.force.z,
-         out.wrench.torque.x, out.wrench.torque.y, out.wrench.torque.z) = w
-        self._filtered_pub.publish(out)
+        if self._filtered_pub.get_subscription_count():  # a plot, a recorder: not a 1 kHz no-op
+            out = self._wrench_cls()
+            out.header.stamp = msg.header.stamp
+            out.header.frame_id = self.frame
+            w = sample.wrench.tolist()
+            (out.wrench.force.x, out.wrench.force.y, out.wrench.force.z,
+             out.wrench.torque.x, out.wrench.torque.y, out.wrench.torque.z) = w
+            self._filtered_pub.publish(out)
         if sample.events:
             self._publish_events(sample.events)
 

@@ -32,6 +32,10 @@ from ir_guidance.runs import score
 STACK = ('ultrasound', 'nir', 'vessel_mapper', 'trajectory_planner', 'force_monitor',
          'arm_interface', 'controller', 'sim')
 TERMINAL = ('DONE', 'SAFE')
+# Nodes no lockstep tick waits for (they watch and report): on two cores they run at a
+# lower priority so that the simulator, the controller and the perception it waits on
+# get the CPU first. A niceness: they still get whatever the others leave.
+OBSERVERS = {'force_monitor': 10, 'arm_interface': 10, 'recorder': 5, 'live_view': 10}
 KILL_DELAY_S = 0.3
 SETTLE_TIMEOUT_S = 30.0
 STARTUP_TIMEOUT_S = 120.0
@@ -221,6 +225,8 @@ def _run_processes(options: RunOptions, workdir: Path, domain_id: int) -> float 
                    *_ros_args(node_parameters(name, options, workdir))]
             out = open(workdir / f'{name}.log', 'w', encoding='utf-8')
             procs[name] = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            if name in OBSERVERS:
+                os.setpriority(os.PRIO_PROCESS, procs[name].pid, OBSERVERS[name])
 
         nodes = stack(options)
         # The stack's consumers are named to the simulator (config sim.consumers): its
