@@ -7,6 +7,7 @@ test runs (and a robot on the lab network) never see each other's traffic.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +57,19 @@ def spin_until(executor: object, predicate: Callable[[], bool],
         if time.monotonic() >= deadline:
             return False
         executor.spin_once(timeout_sec=period_s)
+
+
+@contextlib.contextmanager
+def spinning(executor: object, *nodes: object) -> Iterator[tuple]:
+    """``nodes`` on ``executor`` for the block; removed and destroyed after it."""
+    for node in nodes:
+        executor.add_node(node)
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            executor.remove_node(node)
+            node.destroy_node()
 
 
 def spin_for(executor: object, seconds: float) -> None:

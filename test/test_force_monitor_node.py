@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from conftest import spin_for, spin_until
+from conftest import spin_for, spin_until, spinning
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -69,16 +69,10 @@ def rig(ros_context, executor):
     node = ForceMonitorNode(context=ros_context, parameter_overrides=[
         Parameter('force_monitor.stale_after_s', value=5.0)])
     sensor = Sensor(ros_context)
-    executor.add_node(node)
-    executor.add_node(sensor.node)
-    assert spin_until(executor, lambda: sensor.node.count_subscribers(
-        config.topic('ft_wrench')['name']) > 0)
-    try:
+    with spinning(executor, node, sensor.node):
+        assert spin_until(executor, lambda: sensor.node.count_subscribers(
+            config.topic('ft_wrench')['name']) > 0)
         yield node, sensor
-    finally:
-        for n in (node, sensor.node):
-            executor.remove_node(n)
-            n.destroy_node()
 
 
 def now_s(node) -> float:
