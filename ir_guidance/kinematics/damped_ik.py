@@ -13,6 +13,7 @@ not reached.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -48,7 +49,7 @@ class IkResult:
     reason: str
 
 
-class DampedIk(Generic[Target]):
+class DampedIk(abc.ABC, Generic[Target]):
     """Restarts, frozen joints and the Levenberg-Marquardt loop of an IK class.
 
     A subclass turns a target into a ``goal`` in its ``solve`` and defines the error of
@@ -64,10 +65,10 @@ class DampedIk(Generic[Target]):
         self._lo = np.where(np.isfinite(chain.lower), chain.lower, -np.pi)
         self._hi = np.where(np.isfinite(chain.upper), chain.upper, np.pi)
 
+    @abc.abstractmethod
     def solve(self, target: Target, start: np.ndarray, frozen: Sequence[str] = (),
               restarts: int | None = None) -> IkResult:
         """Solve from ``start`` (see the subclass)."""
-        raise NotImplementedError
 
     def solve_or_raise(self, target: Target, start: np.ndarray, frozen: Sequence[str] = (),
                        restarts: int | None = None) -> np.ndarray:
@@ -93,25 +94,25 @@ class DampedIk(Generic[Target]):
             lower[idx] = upper[idx] = start[idx]
         return start, lower, upper
 
+    @abc.abstractmethod
     def _error(self, q: np.ndarray, goal: Any) -> tuple[np.ndarray, float, Any]:
         """Error vector (6), cost and state (what the methods below need) at ``q``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _jacobian(self, q: np.ndarray, goal: Any, state: Any) -> np.ndarray:
         """d(error)/d(joint positions) at ``q``: a fresh (6, dof) array the loop may edit."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _converged(self, e: np.ndarray, state: Any) -> bool:
         """Whether the error is within the tolerances (ends the descent)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _errors(self, e: np.ndarray, state: Any) -> tuple[float, float]:
         """Position error (m) and angle error (rad)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _unreachable(self, pos_err: float, ang_err: float, starts: int) -> str:
         """The failure reason for the best of ``starts`` failed starts."""
-        raise NotImplementedError
 
     def _search(self, goal: Any, start: np.ndarray, lower: np.ndarray,
                 upper: np.ndarray, restarts: int | None, pos_tol: float, ang_tol: float
