@@ -181,10 +181,6 @@ class StageProfile:
         self._in.target_acceleration = [0.0]
         return self._update()
 
-    @property
-    def velocity(self) -> float:
-        return float(self._in.current_velocity[0])
-
     def _update(self) -> float:
         result = self._otg.update(self._in, self._out)
         if result not in (Result.Working, Result.Finished):
