@@ -1,6 +1,6 @@
 """sim: the embedded simulator as a ROS 2 node (a thin adapter over ir_guidance.sim).
 
-Publishes ``/clock`` (sim time) and the F/T wrench every tick, ``/joint_states`` every
+Publishes the F/T wrench and (to listeners) ``/clock`` every tick, ``/joint_states`` every
 ``joint_state_hz`` (a joint_state_broadcaster; in lockstep every tick's state also goes
 to the controller on ``lockstep_joint_states``), the
 ultrasound, NIR and depth images with the camera info on their own schedules, and the
