@@ -1,9 +1,7 @@
 """ForceMonitor on the embedded simulator: punctures found at the ground truth's moments,
 none while holding, stopping or touching down; tool-weight compensation; limits; bad input."""
 
-import gc
 import math
-import time
 from dataclasses import replace
 
 import mujoco
@@ -289,24 +287,3 @@ def test_bad_parameters_are_refused():
         MonitorParams(gravity_compensation='yes')
     with pytest.raises(ValueError, match='unit'):
         ForceMonitor({}, np.array([0.0, 0.0, 2.0]), 0.5, np.zeros(3))
-
-
-def test_update_cost():
-    """One update on the controller's tick: well under the 30 us budget (p50, gc off)."""
-    monitor = ForceMonitor(replace(ForceMonitor.from_config().params,
-                                   gravity_compensation=True),
-                           np.array([0.94, 0.0, 0.342]) / np.linalg.norm([0.94, 0.0, 0.342]),
-                           0.722, np.array([-0.03, 0.006, 0.045]))
-    rng = np.random.default_rng(1)
-    wrenches = list(rng.normal(0, 0.02, (3000, 6)))
-    rotation = np.eye(3)
-    costs = []
-    gc.disable()
-    try:
-        for k, wrench in enumerate(wrenches):
-            begin = time.perf_counter_ns()
-            monitor.update(k * 1e-3, wrench, rotation, depth_m=k * 5e-6)
-            costs.append(time.perf_counter_ns() - begin)
-    finally:
-        gc.enable()
-    assert np.median(costs) * 1e-3 < 30.0
