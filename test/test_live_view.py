@@ -14,6 +14,7 @@ quaternions x, y, z(, w) = 1, 2, 3(, 4)).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import socket
@@ -296,15 +297,13 @@ class FoxgloveClient:
     def _read(self) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        try:
+        with contextlib.suppress(ConnectionClosed):  # the server went away: reading ends
             for frame in self.ws:
                 if isinstance(frame, bytes) and frame[0] == 0x01:  # messageData
                     sub_id, log_time = struct.unpack_from('<IQ', frame, 1)
                     with self._lock:
                         self.messages.setdefault(self.by_subscription[sub_id], []).append(
                             (log_time, frame[13:]))
-        except ConnectionClosed:
-            pass
 
     def got(self, topic: str) -> list[tuple[int, bytes]]:
         with self._lock:
