@@ -137,9 +137,7 @@ class GuidanceWorkload:
         out = g.update(inputs)
         self._update_ns[phase].append(time.perf_counter_ns() - start)
         plant.apply(out)
-        while g.requested_jobs:
-            key = g.requested_jobs.pop(0)
-            fn, args = g._jobs[key]
+        for key, fn, args in g.take_jobs():
             self._submit(fn, args, lambda result, g=g, key=key: g.deliver(key, result))
         if out.map_request_s is not None:
             self._submit(bench_plant.plan_answer, (self.vein, inputs.joints, out.map_request_s),

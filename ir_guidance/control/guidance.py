@@ -488,6 +488,12 @@ class Guidance:
             self.requested_jobs.append(key)
         return None
 
+    def take_jobs(self) -> list[tuple[str, Any, tuple]]:
+        """The jobs requested since the last call, as ``(key, fn, args)`` for a worker."""
+        taken = [(key, *self._jobs[key]) for key in self.requested_jobs]
+        self.requested_jobs.clear()
+        return taken
+
     def deliver(self, key: str, result: Any) -> None:
         """A worker's result for job ``key`` (an exception is re-raised in the next tick)."""
         self._jobs.pop(key, None)

@@ -358,9 +358,7 @@ class ControllerNode(Node):
 
     def _update(self, inputs: Inputs) -> Any:
         out = self.guidance.update(inputs)
-        while self.guidance.requested_jobs:
-            key = self.guidance.requested_jobs.pop(0)
-            fn, args = self.guidance._jobs[key]
+        for key, fn, args in self.guidance.take_jobs():
             future = self._pool.submit(fn, *args)
             future.add_done_callback(
                 lambda f, key=key: self.guidance.deliver(key, f.exception() or f.result()))
